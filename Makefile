@@ -1,0 +1,45 @@
+# Two commands for a fresh machine: `make demo` runs the whole pipeline, `make test` the tests.
+# Each installs what is missing on first use (.venv, pip packages, Kafka jars, MeiliSearch).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv up status down test demo bench clean
+
+help:
+	@echo "make demo    run the whole pipeline on the local stack (installs on first run)"
+	@echo "make test    run the unit and integration tests (starts the stack it needs)"
+	@echo "make up | status | down   start, check, stop the local stack"
+	@echo "make bench   measure throughput, latency and memory against their floors"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@# Put the repo root on the venv's import path: scripts and tests share one tree of packages.
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "imgpipe-repo.pth").write_text("$(CURDIR)")'
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(PY) -m stack up
+
+status: $(STAMP)
+	$(PY) -m stack status
+
+down: $(STAMP)
+	$(PY) -m stack down
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m demo
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean: down
+	rm -rf .local out

@@ -1,0 +1,55 @@
+"""What every script shares: logging set-up, user-error handling, exit codes, progress bars."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from imgpipe.errors import UserError
+
+EXIT_OK = 0
+EXIT_FAILURES = 1  # the run finished but some items failed
+EXIT_USAGE = 2  # a user mistake: bad option or setting
+EXIT_INTERRUPTED = 130
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure logging once, for the program; libraries only get named loggers."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
+                        stream=sys.stderr)
+    # Wire-level logs of the clients would print request headers (credentials); keep them quiet.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples in the description as written and show every default."""
+
+
+def parser(prog: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    text = description.strip() + "\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples)
+    return argparse.ArgumentParser(prog=prog, description=text, formatter_class=HelpFormatter)
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a script's body: user mistakes become one line on stderr and exit 2, Ctrl-C exits 130."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def progress(total: int | None, desc: str, unit: str = "it", enabled: bool | None = None):
+    """A tqdm bar when stderr is a terminal, a no-op object otherwise (logs stay clean)."""
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)

