@@ -1,0 +1,76 @@
+"""The metadata document: what the consumer indexes and what export, MapReduce and visualize read.
+
+One document per S3 object. Its `id` is a hash of bucket and key because MeiliSearch ids allow
+only `A-Z a-z 0-9 - _` (at most 511 bytes) while S3 keys allow almost anything; hashing also
+makes a redelivered event replace the same document instead of adding a second one.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+
+# Field -> meaning. The order is the CSV column order of mapreduce/export_csv.py.
+FIELDS: dict[str, str] = {
+    "id": "sha256 of bucket + NUL + key, hex (stable across redeliveries)",
+    "bucket": "source bucket",
+    "key": "source object key, exactly as S3 has it",
+    "file_name": "last path segment of the key",
+    "format": "format sniffed from the bytes: jpeg, png, webp, tiff, bmp, gif",
+    "size_bytes": "object size in bytes",
+    "size_kb": "object size in KiB (size_bytes / 1024, 2 decimals)",
+    "width": "width in pixels, in display orientation (EXIF applied)",
+    "height": "height in pixels, in display orientation",
+    "channels": "channels of the decoded image (1 gray, 3 colour, 4 with alpha)",
+    "bit_depth": "bits per channel of the source (8 or 16)",
+    "megapixels": "width * height / 1e6, 3 decimals",
+    "mean_brightness": "mean of the grayscale image, 0-255",
+    "sharpness": "variance of the Laplacian of the grayscale image",
+    "edge_density": "fraction of pixels that are Canny edges, 0-1",
+    "dominant_color": "most common colour as #rrggbb",
+    "faces": "number of frontal faces found (Haar cascade); 0 when detection is off",
+    "phash": "64-bit perceptual hash (DCT), 16 hex digits",
+    "sha256": "sha256 of the object's bytes (finds exact duplicates)",
+    "thumbnail_key": "S3 key of the thumbnail (JPEG)",
+    "grayscale_key": "S3 key of the grayscale version (JPEG)",
+    "etag": "S3 ETag of the object when the event was produced",
+    "timestamp": "object's LastModified as Unix seconds (sortable, filterable)",
+    "last_modified": "object's LastModified, UTC ISO-8601",
+    "event_time": "when the producer emitted the event, UTC ISO-8601",
+    "processed_at": "when the consumer processed the image, UTC ISO-8601",
+    "processing_ms": "time spent fetching and processing the image, milliseconds",
+    "pipeline_version": "version of the pipeline that built the document",
+}
+
+INDEX_SETTINGS = {
+    "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket"],
+    "filterableAttributes": ["bucket", "format", "faces", "width", "height", "size_kb", "megapixels",
+                             "sharpness", "edge_density", "mean_brightness", "timestamp", "sha256",
+                             "phash", "channels", "bit_depth", "key"],
+    "sortableAttributes": ["timestamp", "size_kb", "width", "height", "faces", "sharpness",
+                           "megapixels", "processed_at", "file_name"],
+}
+
+_UNSAFE_SEGMENTS = {"", ".", ".."}
+
+
+def document_id(bucket: str, key: str) -> str:
+    return hashlib.sha256(bucket.encode("utf-8") + b"\0" + key.encode("utf-8")).hexdigest()
+
+
+def file_name(key: str) -> str:
+    return key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def derived_key(processed_prefix: str, kind: str, bucket: str, key: str, extension: str = "jpg") -> str:
+    """Key of a derived image (kind: 'thumbnails' or 'grayscale').
+
+    `{prefix}{kind}/{id[:16]}/{stem}.{extension}`: the id part makes it unique per source
+    object, and the readable stem keeps only the file name with anything that could act as a
+    path (`/`, `..`, control characters) removed, so no key can escape the prefix.
+    """
+    stem = posixpath.splitext(file_name(key))[0]
+    stem = re.sub(r"[\x00-\x1f\x7f/\\]", "_", stem)
+    if stem in _UNSAFE_SEGMENTS or set(stem) <= {"."}:
+        stem = "image"
+    return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem[:200]}.{extension}"
