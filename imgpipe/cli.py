@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from imgpipe.errors import UserError
+from imgpipe.errors import InfrastructureError, UserError
 
 EXIT_OK = 0
 EXIT_FAILURES = 1  # the run finished but some items failed
@@ -25,8 +25,14 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples in the description as written and show every default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples in the description as written; show defaults that exist."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def parser(prog: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
@@ -41,6 +47,9 @@ def run(main: Callable[[], int]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except InfrastructureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

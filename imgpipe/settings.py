@@ -209,3 +209,22 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         shown = ("(set)" if value else "(empty)") if f.name in secret else str(value)
         rows.append((ENV_VAR_OF.get(f.name, f.name), shown))
     return rows
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce these settings (for child processes).
+
+    Holds secrets: pass it to subprocesses, never print it."""
+    env = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "kafka_client_config":
+            text = json.dumps(dict(value)) if value else ""
+        elif f.name == "s3_allowed_buckets":
+            text = ",".join(value)
+        elif f.name == "face_detection":
+            text = "on" if value else "off"
+        else:
+            text = str(value)
+        env[ENV_VAR_OF[f.name]] = text
+    return env

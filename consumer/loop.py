@@ -1,0 +1,220 @@
+"""The consumer loop: poll a batch, process it on a pool of workers, index it, dead-letter what
+is broken, and only then commit the batch's offsets.
+
+Why this order: Kafka must not be told a message is done before MeiliSearch has its document
+(or the dead-letter topic has it). A crash anywhere before the commit means the batch is
+delivered again; documents have stable ids, so the redelivery replaces rather than duplicates.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from imgpipe.clients import consumer_config, ensure_topics, s3_client
+from imgpipe.errors import InfrastructureError, MessageError
+from imgpipe.events import parse_event
+from imgpipe.retry import Stopped
+from imgpipe.settings import Settings
+
+from consumer.deadletter import DeadLetterWriter
+from consumer.handler import ImageHandler
+from consumer.indexer import Indexer
+from consumer.storage import ObjectStore
+
+log = logging.getLogger("consumer")
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    dead_letter_reasons: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # event_time -> searchable, seconds
+    started: float = field(default_factory=time.monotonic)
+    lag: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def rate(self) -> float:
+        return (self.indexed + self.dead_lettered) / self.seconds if self.seconds > 0 else 0.0
+
+    def latency(self, quantile: float) -> float | None:
+        if not self.latencies:
+            return None
+        if len(self.latencies) == 1:
+            return self.latencies[0]
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(quantile * 100) - 1]
+
+    def line(self) -> str:
+        lag = "?" if self.lag is None else str(self.lag)
+        return (f"consumed {self.consumed}, indexed {self.indexed}, dead-lettered {self.dead_lettered}, "
+                f"{self.rate():.1f} images/s, lag {lag}")
+
+    def as_dict(self) -> dict:
+        return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
+                "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
+                "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95)}
+
+
+def _seconds_since(iso_time: str, now: float) -> float | None:
+    try:
+        return now - datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+class BatchConsumer:
+    def __init__(self, settings: Settings, workers: int, max_idle_seconds: float | None = None,
+                 status_interval: float = 10.0, on_batch=None):
+        self.settings = settings
+        self.workers = workers
+        self.max_idle_seconds = max_idle_seconds
+        self.status_interval = status_interval
+        self.on_batch = on_batch  # called with the number of messages finished, for progress bars
+        self.stop = threading.Event()
+        self.stats = Stats()
+        self._last_status = time.monotonic()
+
+    # Rebalance callbacks run inside consume(), between batches: everything consumed before
+    # has been committed by then, so a revoked partition has nothing left to commit.
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+
+    def run(self) -> Stats:
+        from confluent_kafka import Consumer
+
+        ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
+        store = ObjectStore(s3_client(self.settings), self.settings.s3_bucket, self.stop)
+        handler = ImageHandler(self.settings, store)
+        indexer = Indexer(self.settings, self.stop)
+        indexer.ensure_index()
+        dead_letters = DeadLetterWriter(self.settings, self.stop)
+        consumer = Consumer(consumer_config(self.settings, **{"max.poll.interval.ms": 900_000}))
+        consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        last_message = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="image") as pool:
+                while not self.stop.is_set():
+                    messages = consumer.consume(num_messages=self.settings.consumer_batch_size,
+                                                timeout=self.settings.consumer_batch_ms / 1000)
+                    messages = [m for m in messages if self._usable(m)]
+                    if messages:
+                        last_message = time.monotonic()
+                        try:
+                            self._process_batch(consumer, pool, handler, indexer, dead_letters, messages)
+                        except Stopped:
+                            log.warning("stopped during an outage: the last batch of %d message(s) is not "
+                                        "committed and will be delivered again", len(messages))
+                            break
+                    elif self.max_idle_seconds is not None and time.monotonic() - last_message >= self.max_idle_seconds:
+                        log.info("no message for %.0f s: done", self.max_idle_seconds)
+                        break
+                    self._maybe_report_status(consumer)
+        finally:
+            dead_letters.close()
+            consumer.close()  # leaves the group at once, so partitions move without waiting
+        return self.stats
+
+    def _usable(self, msg) -> bool:
+        if msg.error() is None:
+            return True
+        log.warning("Kafka reported: %s", msg.error())
+        return False
+
+    def _process_batch(self, consumer, pool, handler, indexer, dead_letters, messages) -> None:
+        self.stats.consumed += len(messages)
+        outcomes: list[object] = [None] * len(messages)  # a document or a MessageError, in message order
+        futures = {}
+        for i, msg in enumerate(messages):
+            try:
+                event = parse_event(msg.value())
+            except MessageError as exc:
+                outcomes[i] = exc
+                continue
+            futures[i] = pool.submit(handler.handle, event)
+        for i, future in futures.items():
+            try:
+                outcomes[i] = future.result()
+            except MessageError as exc:
+                outcomes[i] = exc
+            except (Stopped, InfrastructureError):
+                for other in futures.values():
+                    other.cancel()
+                raise Stopped("batch abandoned") from None
+            except Exception as exc:  # a bug on one odd image must not stop the stream
+                log.exception("unexpected error on %s[%d]@%d", messages[i].topic(), messages[i].partition(),
+                              messages[i].offset())
+                outcomes[i] = MessageError("process", f"unexpected {type(exc).__name__}: {exc}")
+
+        # Keep message order: two events of one object in a batch must end with the later one.
+        documents = [o for o in outcomes if isinstance(o, dict)]
+        if documents:
+            indexer.add(documents)
+            now = time.time()
+            for doc in documents:
+                latency = _seconds_since(doc.get("event_time", ""), now)
+                if latency is not None:
+                    self.stats.latencies.append(latency)
+        for msg, outcome in zip(messages, outcomes):
+            if isinstance(outcome, MessageError):
+                log.info("dead-letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), outcome)
+                dead_letters.add(msg, outcome)
+                self.stats.dead_letter_reasons[outcome.stage] += 1
+        written = dead_letters.flush()
+        self._commit(consumer, messages)
+        self.stats.indexed += len(documents)
+        self.stats.dead_lettered += written
+        self.stats.batches += 1
+        if self.on_batch:
+            self.on_batch(len(messages))
+
+    def _commit(self, consumer, messages) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        next_offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            next_offsets[key] = max(next_offsets.get(key, 0), msg.offset() + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The group moved on (rebalance): another member will get these messages again and
+            # replace the same documents. At-least-once, never lost.
+            log.warning("commit failed (%s); the batch may be delivered again", exc)
+
+    def _maybe_report_status(self, consumer) -> None:
+        if time.monotonic() - self._last_status < self.status_interval:
+            return
+        self._last_status = time.monotonic()
+        self.stats.lag = self._lag(consumer)
+        log.info("%s", self.stats.line())
+
+    @staticmethod
+    def _lag(consumer) -> int | None:
+        try:
+            assignment = consumer.assignment()
+            if not assignment:
+                return 0
+            total = 0
+            for tp in consumer.position(assignment):
+                low, high = consumer.get_watermark_offsets(tp, timeout=2)
+                position = tp.offset if tp.offset >= 0 else low
+                total += max(high - position, 0)
+            return total
+        except Exception:  # lag is informative only
+            return None

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""List the images in an S3 bucket and send one JSON metadata event per object to Kafka.
+
+Each event carries bucket, key, size, etag, last_modified, event_time and schema_version;
+the Kafka message key is the object key. Settings come from the environment and .env
+(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX, S3_ENDPOINT_URL, ...).
+
+Exit status: 0 all events delivered, 1 some delivery failed or a key was missing,
+2 usage or settings error.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from imgpipe import cli
+from imgpipe.clients import s3_client
+from imgpipe.errors import InfrastructureError, UserError
+from imgpipe.events import event_for_object
+from imgpipe.settings import Settings, load_settings
+from producer.listing import SentState, head_objects, list_objects
+from producer.sender import EventSender
+
+log = logging.getLogger("producer")
+
+
+def build_parser():
+    p = cli.parser("producer/image_producer.py", __doc__, [
+        "python producer/image_producer.py                       # every object under S3_RAW_PREFIX",
+        "python producer/image_producer.py --prefix raw/cats/ --limit 100",
+        "python producer/image_producer.py --key 'raw/a cat.jpg' --key raw/dog.png",
+        "python producer/image_producer.py --watch 10            # keep sending new or changed objects"])
+    p.add_argument("--bucket", help="bucket to list (env S3_BUCKET)")
+    p.add_argument("--prefix", help="key prefix to list (env S3_RAW_PREFIX)")
+    p.add_argument("--limit", type=int, help="send at most this many events per pass")
+    p.add_argument("--key", action="append", default=[], metavar="KEY",
+                   help="send just this object key (repeatable); the key is used exactly as given")
+    p.add_argument("--topic", help="Kafka topic (env KAFKA_TOPIC)")
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
+                   help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
+    p.add_argument("--state-file", type=Path,
+                   help="where --watch remembers what it sent (default: under LOCAL_STATE_DIR)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def default_state_file(settings: Settings, bucket: str, prefix: str, topic: str) -> Path:
+    tag = hashlib.sha256(f"{bucket}\0{prefix}\0{topic}".encode()).hexdigest()[:16]
+    return settings.local_state_dir / "producer" / f"sent-{tag}.json"
+
+
+def s3_errors_explained(source, bucket: str):
+    """Turn botocore's exceptions into one line that names the bucket and the cause."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield from source
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") == "NoSuchBucket":
+            raise UserError(f"bucket {bucket!r} does not exist") from None
+        raise InfrastructureError("s3", f"listing s3://{bucket} failed: {error.get('Code')} {error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise InfrastructureError("s3", f"listing s3://{bucket} failed: {exc}") from None
+
+
+def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], limit: int | None,
+             state: SentState | None, show_progress: bool | None) -> tuple[int, int]:
+    """Send events for one listing; returns (delivered, failed)."""
+    missing = 0
+    bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
+    sender = EventSender(settings, on_delivered=lambda: bar.update(1))
+    try:
+        source = head_objects(s3, bucket, keys) if keys else list_objects(s3, bucket, prefix)
+        queued = 0
+        for obj in s3_errors_explained(source, bucket):
+            if isinstance(obj, str):
+                log.error("%s", obj)
+                missing += 1
+                continue
+            if state is not None and not state.is_new(obj):
+                continue
+            if limit is not None and queued >= limit:
+                break
+            sender.send(event_for_object(bucket, obj))
+            queued += 1
+    finally:
+        sender.flush(timeout=120)
+        bar.close()
+    report = sender.report
+    for error in report.errors:
+        log.error("delivery failed: %s", error)
+    if state is not None:
+        for key, etag in report.delivered_keys:
+            state.mark(key, etag)
+        state.save()
+    print(f"producer: {report.summary()}" + (f", {missing} key(s) not found" if missing else ""),
+          file=sys.stderr)
+    return report.sent, report.failed + missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    def body() -> int:
+        settings = load_settings()
+        if args.topic:
+            settings = settings.with_overrides(kafka_topic=args.topic)
+        if args.limit is not None and args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        if args.watch is not None and args.watch <= 0:
+            raise UserError("--watch needs a positive number of seconds")
+        bucket = args.bucket or settings.s3_bucket
+        prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
+        s3 = s3_client(settings)
+        if args.watch is None:
+            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress)
+            return cli.EXIT_FAILURES if failed else cli.EXIT_OK
+
+        state = SentState(args.state_file or default_state_file(settings, bucket, prefix, settings.kafka_topic))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info("watching s3://%s/%s every %.0f s (state: %s); Ctrl-C to stop", bucket, prefix, args.watch,
+                 state.path)
+        total_failed = 0
+        while not stop.is_set():
+            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, state, args.progress)
+            total_failed += failed
+            stop.wait(args.watch)
+        return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK
+
+    return cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

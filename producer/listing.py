@@ -1,0 +1,70 @@
+"""Which S3 objects to announce: listing, single keys, and the --watch state file."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from imgpipe.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def list_objects(s3, bucket: str, prefix: str) -> Iterator[dict]:
+    """Every object under the prefix, page by page (S3 returns at most 1,000 per call).
+
+    Folder markers (keys ending in '/') are not images and are skipped.
+    """
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                yield obj
+
+
+def head_objects(s3, bucket: str, keys: Iterable[str]) -> Iterator[dict | str]:
+    """ListObjects-shaped entries for the given keys; a key that does not exist yields an error text."""
+    from botocore.exceptions import ClientError
+
+    for key in keys:
+        try:
+            head = s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                yield f"s3://{bucket}/{key} does not exist"
+                continue
+            raise
+        yield {"Key": key, "Size": head["ContentLength"], "ETag": head.get("ETag", ""),
+               "LastModified": head["LastModified"]}
+
+
+class SentState:
+    """Key -> ETag of what --watch already delivered, so a restart does not resend everything.
+
+    Written atomically after every delivered pass; resending is harmless (the consumer is
+    idempotent), missing an object is not, so only delivered keys are recorded.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sent: dict[str, str] = {}
+        if path.is_file():
+            try:
+                self.sent = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise UserError(f"cannot read the state file {path}: {exc}; delete it to start over") from None
+
+    def is_new(self, obj: dict) -> bool:
+        return self.sent.get(obj["Key"]) != str(obj.get("ETag", "")).strip('"')
+
+    def mark(self, key: str, etag: str) -> None:
+        self.sent[key] = etag.strip('"')
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.sent, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)

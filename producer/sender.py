@@ -1,0 +1,73 @@
+"""Send image events to Kafka and count what the broker acknowledged."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from imgpipe.clients import producer_config
+from imgpipe.events import ImageEvent
+from imgpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0  # acknowledged by the broker
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    delivered_keys: list[tuple[str, str]] = field(default_factory=list)  # (key, etag)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        rate = self.sent / self.seconds if self.seconds > 0 else 0.0
+        return f"sent {self.sent}, failed {self.failed} in {self.seconds:.1f} s ({rate:.0f} events/s)"
+
+
+class EventSender:
+    """An idempotent producer (see imgpipe.clients.producer_config) with delivery accounting."""
+
+    def __init__(self, settings: Settings, on_delivered=None, **config_overrides):
+        from confluent_kafka import Producer
+
+        self.topic = settings.kafka_topic
+        self.report = DeliveryReport()
+        self._on_delivered = on_delivered
+        self._producer = Producer(producer_config(settings, **config_overrides))
+
+    def _delivered(self, err, msg, etag: str) -> None:
+        key = msg.key().decode("utf-8") if msg.key() is not None else ""
+        if err is not None:
+            self.report.failed += 1
+            if len(self.report.errors) < 20:
+                self.report.errors.append(f"{key}: {err.str()}")
+            return
+        self.report.sent += 1
+        self.report.delivered_keys.append((key, etag))
+        if self._on_delivered:
+            self._on_delivered()
+
+    def send(self, event: ImageEvent) -> None:
+        # The object key is the message key: events of one object land on one partition, in order.
+        while True:
+            try:
+                self._producer.produce(self.topic, key=event.key.encode("utf-8"), value=event.to_json(),
+                                       on_delivery=lambda err, msg, etag=event.etag: self._delivered(err, msg, etag))
+                break
+            except BufferError:
+                # The local queue is full: let deliveries drain, then try again.
+                self._producer.poll(0.5)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 60.0) -> int:
+        """Wait for every delivery report; returns how many messages are still undelivered."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            self.report.failed += remaining
+            self.report.errors.append(f"{remaining} message(s) not delivered within {timeout:.0f} s")
+        return remaining
