@@ -8,6 +8,7 @@ delivered again; documents have stable ids, so the redelivery replaces rather th
 from __future__ import annotations
 
 import logging
+import resource
 import statistics
 import threading
 import time
@@ -28,6 +29,8 @@ from consumer.indexer import Indexer
 from consumer.storage import ObjectStore
 
 log = logging.getLogger("consumer")
+
+JOIN_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -64,7 +67,8 @@ class Stats:
         return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
                 "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
-                "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95)}
+                "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def _seconds_since(iso_time: str, now: float) -> float | None:
@@ -85,14 +89,31 @@ class BatchConsumer:
         self.stop = threading.Event()
         self.stats = Stats()
         self._last_status = time.monotonic()
+        self._last_activity = time.monotonic()
+        self._assigned: set[tuple[str, int]] = set()
 
     # Rebalance callbacks run inside consume(), between batches: everything consumed before
     # has been committed by then, so a revoked partition has nothing left to commit.
     def _on_assign(self, consumer, partitions) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self._last_activity = time.monotonic()
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._last_activity = time.monotonic()
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+
+    def _idle_long_enough(self) -> bool:
+        """--max-idle-seconds counts from the last message or partition change. Until partitions
+        are assigned (a restarted group can wait for a dead member's session to expire) the
+        consumer is waiting, not idle, up to JOIN_WAIT_SECONDS."""
+        if self.max_idle_seconds is None:
+            return False
+        idle = time.monotonic() - self._last_activity
+        if not self._assigned:
+            return idle >= max(self.max_idle_seconds, JOIN_WAIT_SECONDS)
+        return idle >= self.max_idle_seconds
 
     def run(self) -> Stats:
         from confluent_kafka import Consumer
@@ -104,8 +125,9 @@ class BatchConsumer:
         indexer.ensure_index()
         dead_letters = DeadLetterWriter(self.settings, self.stop)
         consumer = Consumer(consumer_config(self.settings, **{"max.poll.interval.ms": 900_000}))
-        consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        last_message = time.monotonic()
+        consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        self._last_activity = time.monotonic()
         try:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="image") as pool:
                 while not self.stop.is_set():
@@ -113,15 +135,16 @@ class BatchConsumer:
                                                 timeout=self.settings.consumer_batch_ms / 1000)
                     messages = [m for m in messages if self._usable(m)]
                     if messages:
-                        last_message = time.monotonic()
+                        self._last_activity = time.monotonic()
                         try:
                             self._process_batch(consumer, pool, handler, indexer, dead_letters, messages)
                         except Stopped:
                             log.warning("stopped during an outage: the last batch of %d message(s) is not "
                                         "committed and will be delivered again", len(messages))
                             break
-                    elif self.max_idle_seconds is not None and time.monotonic() - last_message >= self.max_idle_seconds:
-                        log.info("no message for %.0f s: done", self.max_idle_seconds)
+                        self._last_activity = time.monotonic()
+                    elif self._idle_long_enough():
+                        log.info("no message for %.0f s: done", time.monotonic() - self._last_activity)
                         break
                     self._maybe_report_status(consumer)
         finally:

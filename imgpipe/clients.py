@@ -26,7 +26,15 @@ def producer_config(settings: Settings, **overrides) -> dict:
 
 
 def consumer_config(settings: Settings, group_id: str | None = None, **overrides) -> dict:
-    config = kafka_base_config(settings)
+    config = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # A crashed member's partitions wait this long before moving to a live one (librdkafka's
+        # default is 45 s). KAFKA_CLIENT_CONFIG may set another value.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    config.update(settings.kafka_client_config)
     config.update({
         "group.id": group_id or settings.kafka_consumer_group,
         # librdkafka starts new groups at the latest offset; a backlog must not be skipped.
@@ -34,7 +42,6 @@ def consumer_config(settings: Settings, group_id: str | None = None, **overrides
         # Offsets are committed by hand, only after the index has the batch.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "partition.assignment.strategy": "cooperative-sticky",
     })
     config.update(overrides)
     return config

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from imgpipe import cli
@@ -41,6 +42,7 @@ def build_parser():
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="send just this object key (repeatable); the key is used exactly as given")
     p.add_argument("--topic", help="Kafka topic (env KAFKA_TOPIC)")
+    p.add_argument("--rate", type=float, metavar="N", help="send at most N events per second (steady load)")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
                    help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
     p.add_argument("--state-file", type=Path,
@@ -72,7 +74,7 @@ def s3_errors_explained(source, bucket: str):
 
 
 def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], limit: int | None,
-             state: SentState | None, show_progress: bool | None) -> tuple[int, int]:
+             state: SentState | None, show_progress: bool | None, rate: float | None = None) -> tuple[int, int]:
     """Send events for one listing; returns (delivered, failed)."""
     missing = 0
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
@@ -80,6 +82,7 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
     try:
         source = head_objects(s3, bucket, keys) if keys else list_objects(s3, bucket, prefix)
         queued = 0
+        started = time.monotonic()
         for obj in s3_errors_explained(source, bucket):
             if isinstance(obj, str):
                 log.error("%s", obj)
@@ -89,6 +92,11 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
                 continue
             if limit is not None and queued >= limit:
                 break
+            if rate:
+                # Pace against the start of the pass, so a slow moment is caught up on, not lost.
+                delay = started + queued / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             sender.send(event_for_object(bucket, obj))
             queued += 1
     finally:
@@ -116,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.with_overrides(kafka_topic=args.topic)
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be at least 1")
+        if args.rate is not None and args.rate <= 0:
+            raise UserError("--rate must be a positive number of events per second")
         if args.watch is not None and args.watch <= 0:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
         s3 = s3_client(settings)
         if args.watch is None:
-            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress)
+            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress, args.rate)
             return cli.EXIT_FAILURES if failed else cli.EXIT_OK
 
         state = SentState(args.state_file or default_state_file(settings, bucket, prefix, settings.kafka_topic))
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                  state.path)
         total_failed = 0
         while not stop.is_set():
-            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, state, args.progress)
+            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, state, args.progress, args.rate)
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK

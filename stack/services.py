@@ -114,6 +114,7 @@ class Service:
         if not self.pid() and self.healthy():
             # Someone else's server already answers on this port: use it, do not touch it.
             return self.status()
+        proc = None
         if not self.pid():
             self.install()
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,9 @@ class Service:
             if self.healthy():
                 self.after_start()
                 return self.status()
-            if not self.pid():
+            # Ask the child we spawned (its /proc cmdline may not show the marker until exec).
+            exited = proc.poll() is not None if proc is not None else self.pid() is None
+            if exited:
                 raise StackError(f"{self.name} exited during start-up; read {self.logfile}")
             time.sleep(0.3)
         raise StackError(f"{self.name} did not become healthy within {self.start_timeout:.0f} s "
@@ -196,6 +199,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fetch_maven_jars(pom: Path, libs: Path, what: str) -> None:
+    """Copy the runtime jars `pom` depends on into `libs`, once: a stamp holding the pom's
+    sha256 makes later calls free, and a changed pom fetches again."""
+    stamp = libs / ".pom-sha256"
+    if stamp.is_file() and stamp.read_text() == _sha256(pom):
+        return
+    if not shutil.which("mvn"):
+        raise StackError(f"{what} needs Maven (mvn) to fetch its jars from Maven Central; "
+                         "install it (Debian: apt-get install maven)")
+    log.info("fetching %s jars from Maven Central (first run only)", what)
+    shutil.rmtree(libs, ignore_errors=True)
+    _run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+          f"-DoutputDirectory={libs}", "-DincludeScope=runtime"], f"fetching the {what} jars")
+    stamp.write_text(_sha256(pom))
+
+
 class Kafka(Service):
     name = "kafka"
     start_timeout = 90.0
@@ -218,18 +237,7 @@ class Kafka(Service):
         return self.dir / "libs"
 
     def install(self) -> None:
-        pom = STACK_DIR / "pom.xml"
-        stamp = self.libs / ".pom-sha256"
-        if stamp.is_file() and stamp.read_text() == _sha256(pom):
-            return
-        if not shutil.which("mvn"):
-            raise StackError("kafka needs Maven (mvn) to fetch its jars from Maven Central; "
-                             "install it (Debian: apt-get install maven)")
-        log.info("fetching Kafka jars from Maven Central (first run only)")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        _run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-              f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"], "fetching the Kafka jars")
-        stamp.write_text(_sha256(pom))
+        fetch_maven_jars(STACK_DIR / "pom.xml", self.libs, "kafka")
 
     def java(self) -> str:
         home = os.environ.get("JAVA_HOME")
@@ -338,7 +346,7 @@ class MeiliSearch(Service):
     def command(self) -> list[str]:
         host, port = self.host_port
         return [str(self.binary), "--http-addr", f"{host}:{port}", "--env", "production",
-                "--no-analytics", "--db-path", str(self.dir / "data.ms"),
+                "--no-analytics", "--log-level", "WARN", "--db-path", str(self.dir / "data.ms"),
                 "--dump-dir", str(self.dir / "dumps"), "--snapshot-dir", str(self.dir / "snapshots")]
 
     def marker(self) -> str:
