@@ -1,0 +1,27 @@
+# One image for every pipeline script (producer, consumer, demo corpus, mapreduce, visualize);
+# docker-compose.yml chooses the command per service.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
+    MPLBACKEND=Agg
+
+WORKDIR /app
+
+# Dependencies before code: this layer is rebuilt only when requirements.txt changes.
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+# The code stays owned by root (read-only for the pipeline); only the state folder the producer's
+# --watch writes to belongs to the user the containers run as.
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
+    && mkdir -p /app/.local \
+    && chown app:app /app/.local
+COPY . .
+
+USER app
+
+CMD ["python", "consumer/image_consumer.py"]
