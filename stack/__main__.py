@@ -53,6 +53,22 @@ def ensure_api_keys(settings: Settings, env_file: Path = ENV_FILE) -> Settings:
     return settings.with_overrides(meili_admin_key=admin, meili_search_key=search)
 
 
+def ensure_running() -> tuple[Settings, list]:
+    """Start every local service that is not running; returns the settings (with the API keys)
+    and the services this call started, so a caller can stop exactly those afterwards."""
+    ensure_env_file()
+    settings = load_settings()
+    started = []
+    for service in all_services(settings):
+        was_running = service.pid() is not None or service.healthy()
+        status = service.start()
+        if not status.healthy:
+            raise StackError(f"{service.name} is not healthy at {service.url}; read {service.logfile}")
+        if not was_running:
+            started.append(service)
+    return ensure_api_keys(settings), started
+
+
 def print_status(rows: list[Status]) -> None:
     from tabulate import tabulate
 

@@ -9,26 +9,16 @@ import uuid
 
 import pytest
 
-from imgpipe.settings import Settings, load_settings
+from imgpipe.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def stack() -> Settings:
     """Settings of a running local stack; starts each service that is not up, and stops at
     the end of the session exactly the services this session started."""
-    from stack.__main__ import ensure_api_keys, ensure_env_file
-    from stack.services import all_services
+    from stack.__main__ import ensure_running
 
-    ensure_env_file()
-    settings = load_settings()
-    started = []
-    for service in all_services(settings):
-        was_running = service.pid() is not None or service.healthy()
-        status = service.start()
-        assert status.healthy, f"{service.name} did not start; read {service.logfile}"
-        if not was_running:
-            started.append(service)
-    settings = ensure_api_keys(settings)
+    settings, started = ensure_running()
     yield settings
     for service in reversed(started):
         service.stop()
