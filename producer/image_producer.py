@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import signal
 import sys
@@ -47,6 +48,7 @@ def build_parser():
                    help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
     p.add_argument("--state-file", type=Path,
                    help="where --watch remembers what it sent (default: under LOCAL_STATE_DIR)")
+    p.add_argument("--summary-json", type=Path, help="also write the final counts to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -132,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
         s3 = s3_client(settings)
         if args.watch is None:
-            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress, args.rate)
+            started = time.monotonic()
+            sent, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress,
+                                    args.rate)
+            if args.summary_json:
+                seconds = time.monotonic() - started
+                args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+                args.summary_json.write_text(json.dumps({
+                    "sent": sent, "failed": failed, "seconds": round(seconds, 3),
+                    "events_per_second": round(sent / seconds, 1) if seconds > 0 else None}, indent=2))
             return cli.EXIT_FAILURES if failed else cli.EXIT_OK
 
         state = SentState(args.state_file or default_state_file(settings, bucket, prefix, settings.kafka_topic))

@@ -1,0 +1,166 @@
+"""The whole pipeline, step by step, with the project's real scripts as subprocesses.
+
+Each step is what a user would type; this module only runs them in order, times them, and
+checks the numbers they report against each other at the end.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgpipe.settings import REPO_ROOT, Settings, to_env
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, detail: str):
+        super().__init__(f"{step} failed: {detail}")
+        self.step = step
+
+
+@dataclass
+class DemoReport:
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
+    uploaded: int = 0
+    produced: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    dead_letters: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    images_per_second: float | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    index_documents: int = 0
+    exported_rows: int = 0
+    mapreduce_runner: str = ""
+    mapreduce_seconds: float = 0.0
+    mapreduce_format_count: int = 0
+    charts: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def run_step(name: str, args: list[str], settings: Settings, report: DemoReport, capture: bool = False) -> str:
+    """Run one script; its progress bars and summary go straight to the terminal."""
+    print(f"\n==> {name}: {' '.join(args)}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env={**_base_env(), **to_env(settings)},
+                            stdout=subprocess.PIPE if capture else None, text=True)
+    report.steps.append((name, time.monotonic() - started))
+    if result.returncode != 0:
+        raise StepFailed(name, f"exit status {result.returncode}")
+    return result.stdout or ""
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def dead_letter_offsets(settings: Settings) -> dict[int, int]:
+    """High watermarks of the dead-letter topic: where this run's dead letters will start."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from imgpipe.clients import consumer_config
+
+    consumer = Consumer(consumer_config(settings, group_id="demo-dead-letter-reader"))
+    try:
+        topic = consumer.list_topics(settings.kafka_dead_letter_topic, timeout=10).topics[settings.kafka_dead_letter_topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(settings.kafka_dead_letter_topic, p), timeout=10)[1]
+                for p in topic.partitions}
+    finally:
+        consumer.close()
+
+
+def read_dead_letters(settings: Settings, start: dict[int, int]) -> list[tuple[str, str]]:
+    """The (key, reason) of every dead letter written after `start`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from imgpipe.clients import consumer_config
+
+    end = dead_letter_offsets(settings)
+    wanted = {p: (start.get(p, 0), high) for p, high in end.items() if high > start.get(p, 0)}
+    if not wanted:
+        return []
+    consumer = Consumer(consumer_config(settings, group_id="demo-dead-letter-reader"))
+    letters = []
+    try:
+        consumer.assign([TopicPartition(settings.kafka_dead_letter_topic, p, low) for p, (low, _) in wanted.items()])
+        remaining = sum(high - low for low, high in wanted.values())
+        deadline = time.monotonic() + 30
+        while remaining > 0 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            remaining -= 1
+            headers = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+            try:
+                key = json.loads(msg.value())["key"]
+            except Exception:  # a malformed message has no key to show; its Kafka key will do
+                key = (msg.key() or b"?").decode("utf-8", "replace")
+            letters.append((key, f"{headers.get('stage', '?')}: {headers.get('reason', '?')}"))
+    finally:
+        consumer.close()
+    return sorted(letters)
+
+
+def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int = 0) -> DemoReport:
+    from demo.corpus import build_corpus, upload_corpus
+    from imgpipe.clients import meili_client
+
+    report = DemoReport()
+    out.mkdir(parents=True, exist_ok=True)
+
+    print(f"\n==> seeding {count} demo images into s3://{settings.s3_bucket}/{settings.s3_raw_prefix}",
+          file=sys.stderr, flush=True)
+    started = time.monotonic()
+    items = build_corpus(count, seed=seed)
+    report.uploaded = upload_corpus(settings, items)
+    report.steps.append(("seed corpus", time.monotonic() - started))
+
+    producer_summary = out / "producer_summary.json"
+    consumer_summary = out / "consumer_summary.json"
+    run_step("produce", ["producer/image_producer.py", "--summary-json", str(producer_summary)], settings, report)
+    report.produced = json.loads(producer_summary.read_text())["sent"]
+
+    dead_start = dead_letter_offsets(settings)
+    run_step("consume", ["consumer/image_consumer.py", "--max-idle-seconds", "5", "--status-interval", "5",
+                         "--summary-json", str(consumer_summary)], settings, report)
+    consumed = json.loads(consumer_summary.read_text())
+    report.indexed = consumed["indexed"]
+    report.dead_lettered = consumed["dead_lettered"]
+    report.images_per_second = consumed["images_per_second"]
+    report.latency_p50_s = consumed["latency_p50_s"]
+    report.latency_p95_s = consumed["latency_p95_s"]
+    report.dead_letters = read_dead_letters(settings, dead_start)
+    report.index_documents = meili_client(settings).index(settings.meili_index).get_stats().number_of_documents
+
+    csv_path = out / "image_metadata.csv"
+    run_step("export CSV", ["mapreduce/export_csv.py", "--out", str(csv_path)], settings, report)
+    with open(csv_path, encoding="utf-8") as fh:
+        report.exported_rows = sum(1 for _ in fh) - 1
+
+    report.mapreduce_runner = runner
+    mapreduce_dir = out / "mapreduce"
+    run_step(f"MapReduce ({runner})", ["mapreduce/run_job.py", "--runner", runner, "--input", str(csv_path),
+                                       "--output", str(mapreduce_dir), "--overwrite"], settings, report)
+    report.mapreduce_seconds = report.steps[-1][1]
+    report.mapreduce_format_count = sum(
+        int(line.split("\t")[2]) for part in sorted(mapreduce_dir.glob("part-*"))
+        for line in part.read_text().splitlines() if line.startswith("format\t"))
+
+    before = time.time()
+    run_step("visualize", ["visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(mapreduce_dir),
+                           "--consumer-summary", str(consumer_summary)], settings, report)
+    report.charts = sorted(str(p) for p in out.glob("*.png") if p.stat().st_mtime >= before - 1)
+    return report
+
+
+def default_runner() -> str:
+    """The real Hadoop runner when Java is there to run it; the shell pipe otherwise."""
+    return "hadoop" if shutil.which("java") and shutil.which("mvn") else "pipe"

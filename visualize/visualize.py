@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Show what the pipeline indexed: terminal tables, PNG charts and thumbnail previews.
+
+Reads every document of the MeiliSearch index with the search-only key (or an exported CSV
+with --csv) and the latest MapReduce output under --mapreduce-dir when there is one. Prints
+the most recent images, the MapReduce summaries and a totals block; writes size, processing
+hour, format, face-count and MapReduce charts plus a grid of up to 5 thumbnails from S3.
+
+The dead-lettered count is shown when known: --dead-lettered N, or else the integer
+"dead_lettered" of the JSON object in --consumer-summary (out/consumer_summary.json).
+
+Settings from the environment and .env: MEILI_URL, MEILI_SEARCH_KEY (reading never needs
+the master key), MEILI_INDEX, S3_ENDPOINT_URL, S3_BUCKET.
+Exit status: 0 done (also for an empty or missing index), 1 a service failed,
+2 usage or settings error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # Run as a file, Python puts visualize/ first on sys.path, where this very file would
+    # shadow the `visualize` package; the repo root must come first instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from imgpipe import cli  # noqa: E402
+from imgpipe.errors import InfrastructureError, UserError  # noqa: E402
+from imgpipe.settings import Settings, load_settings  # noqa: E402
+
+log = logging.getLogger("visualize")
+
+DEFAULT_OUT = Path("out")
+DEFAULT_MAPREDUCE_DIR = Path("out/mapreduce")
+DEFAULT_CONSUMER_SUMMARY = Path("out/consumer_summary.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tabulate import tabulate_formats
+
+    from visualize.previews import MAX_PREVIEWS
+
+    p = cli.parser("visualize/visualize.py", __doc__, [
+        "python visualize/visualize.py                                # index MEILI_INDEX -> out/",
+        "python visualize/visualize.py --limit 20 --sort size_kb:desc --tablefmt github",
+        "python visualize/visualize.py --csv out/image_metadata.csv --previews 0 --out /tmp/charts",
+        "MEILI_INDEX=cats python visualize/visualize.py --dead-lettered 3"])
+    p.add_argument("--index", help="MeiliSearch index to read (env MEILI_INDEX)")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="read documents from this exported CSV instead of MeiliSearch")
+    p.add_argument("--mapreduce-dir", type=Path, default=DEFAULT_MAPREDUCE_DIR, metavar="DIR",
+                   help="where the MapReduce part-* files are; the newest set below DIR is used")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where the PNG files go")
+    p.add_argument("--limit", type=int, default=10, help="rows of the recent-images table")
+    p.add_argument("--sort", default="timestamp:desc", metavar="FIELD[:asc|desc]",
+                   help="order of the recent-images table and of the previews")
+    p.add_argument("--tablefmt", default="simple", choices=tabulate_formats, metavar="FORMAT",
+                   help="tabulate table format: simple, github, grid, psql, plain, ...")
+    p.add_argument("--dead-lettered", type=int, metavar="N", help="dead-lettered count for the totals")
+    p.add_argument("--consumer-summary", type=Path, default=DEFAULT_CONSUMER_SUMMARY, metavar="FILE",
+                   help='JSON object with "dead_lettered", read when present and --dead-lettered is not given')
+    p.add_argument("--previews", type=int, default=MAX_PREVIEWS, metavar="N",
+                   help=f"thumbnails in the preview grid, 0 to {MAX_PREVIEWS}, fetched from S3_BUCKET at "
+                   "S3_ENDPOINT_URL (0 skips S3)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar while reading (default: when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def read_index(settings: Settings, show_progress: bool | None):
+    """Every document of the index as a frame, or None when the index does not exist."""
+    from meilisearch.errors import MeilisearchApiError
+
+    from imgpipe.clients import meili_search_client
+    from visualize.documents import read_all_documents, to_frame
+    from visualize.meili_errors import meili_errors
+
+    index = meili_search_client(settings).index(settings.meili_index)
+    bar = cli.progress(None, "reading documents", unit="doc", enabled=show_progress)
+    try:
+        with meili_errors(settings, request_errors={}):
+            try:
+                docs = read_all_documents(index, on_progress=lambda n: bar.update(n - bar.n))
+            except MeilisearchApiError as exc:
+                if exc.code == "index_not_found":  # nothing indexed yet: not an error
+                    return None
+                raise
+    finally:
+        bar.close()
+    return to_frame(docs)
+
+
+def dead_lettered_count(explicit: int | None, summary_file: Path) -> int | None:
+    if explicit is not None:
+        return explicit
+    if not summary_file.is_file():
+        return None
+    try:
+        value = json.loads(summary_file.read_text(encoding="utf-8")).get("dead_lettered")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring %s: not a JSON object (%s)", summary_file, exc)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        log.warning("ignoring %s: \"dead_lettered\" is not an integer", summary_file)
+        return None
+    return value
+
+
+def print_tables(frame, summary, args, dead_lettered: int | None) -> None:
+    from visualize.tables import RECENT_COLUMNS, image_rows, recent_images, render, summary_tables, totals
+
+    recent = recent_images(frame, args.limit, args.sort)
+    print(f"Most recent images ({len(recent):,} of {len(frame):,}, by {args.sort})")
+    print(render(image_rows(recent), RECENT_COLUMNS, args.tablefmt))
+    if summary is not None:
+        for dimension, table in summary_tables(summary.frame, args.tablefmt):
+            print(f"\nMapReduce summary by {dimension} ({summary.source})")
+            print(table)
+    print("\nTotals")
+    print(render(totals(frame, dead_lettered), [], args.tablefmt))
+
+
+def write_charts(frame, summary, out: Path) -> list[Path]:
+    from visualize import charts
+
+    built = [charts.size_histogram(frame), charts.hour_distribution(frame), charts.format_breakdown(frame),
+             charts.face_distribution(frame)]
+    if summary is not None:
+        built.append(charts.mapreduce_summary(summary.frame))
+    written = []
+    for chart in built:
+        path = out / f"{chart.name}.png"
+        chart.figure.savefig(path, dpi=charts.DPI)
+        written.append(path)
+    return written
+
+
+def write_previews(settings: Settings, frame, args) -> Path | None:
+    """The thumbnail grid; None when no document had a readable thumbnail."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imgpipe.clients import s3_client
+    from visualize.previews import fetch_thumbnails, preview_grid
+    from visualize.tables import recent_images
+
+    # A few more candidates than slots, so a missing thumbnail is replaced, but a bucket
+    # without any thumbnails is not probed document by document.
+    candidates = recent_images(frame, args.previews * 3, args.sort).to_dict("records")
+    try:
+        thumbs, skipped = fetch_thumbnails(s3_client(settings), settings.s3_bucket, candidates, args.previews)
+    except (ClientError, BotoCoreError) as exc:
+        raise InfrastructureError("s3", f"fetching thumbnails from s3://{settings.s3_bucket} at "
+                                  f"{settings.s3_endpoint_url or 'AWS'} failed: {exc}") from None
+    for skip in skipped:
+        where = f" (s3://{settings.s3_bucket}/{skip.key})" if skip.key else ""
+        print(f"warning: preview of {skip.file_name} skipped: {skip.reason}{where}", file=sys.stderr)
+    if not thumbs:
+        print("no thumbnails to preview", file=sys.stderr)
+        return None
+    which = "most recent" if args.sort == "timestamp:desc" else f"first by {args.sort}"
+    chart = preview_grid(thumbs, f"Processed thumbnails ({len(thumbs)} {which})")
+    path = args.out / f"{chart.name}.png"
+    chart.figure.savefig(path, dpi=chart.figure.dpi)
+    return path
+
+
+def visualize(args) -> int:
+    from visualize.documents import read_csv
+    from visualize.mapreduce_output import read_summary
+    from visualize.previews import MAX_PREVIEWS
+    from visualize.tables import parse_sort
+
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if not 0 <= args.previews <= MAX_PREVIEWS:
+        raise UserError(f"--previews must be between 0 and {MAX_PREVIEWS}")
+    if args.dead_lettered is not None and args.dead_lettered < 0:
+        raise UserError("--dead-lettered must be 0 or more")
+    parse_sort(args.sort)
+    settings = load_settings()
+    if args.index:
+        settings = settings.with_overrides(meili_index=args.index)
+
+    if args.csv:
+        frame, source = read_csv(args.csv), str(args.csv)
+    else:
+        frame, source = read_index(settings, args.progress), f"index {settings.meili_index!r}"
+        if frame is None:
+            print(f"index {settings.meili_index!r} does not exist yet at {settings.meili_url}: nothing to show "
+                  "(run the consumer first)")
+            return cli.EXIT_OK
+    if frame.empty:
+        print(f"{source} has no documents: nothing to show")
+        return cli.EXIT_OK
+
+    summary = read_summary(args.mapreduce_dir)
+    if summary is None:
+        print(f"note: no MapReduce output under {args.mapreduce_dir}; its table and chart are left out",
+              file=sys.stderr)
+    print_tables(frame, summary, args, dead_lettered_count(args.dead_lettered, args.consumer_summary))
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out directory {args.out}: {exc.strerror}") from None
+    print()
+    written = write_charts(frame, summary, args.out)
+    failed = False
+    if args.previews:
+        try:
+            preview = write_previews(settings, frame, args)
+        except InfrastructureError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            preview, failed = None, True
+        if preview is not None:
+            written.append(preview)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"visualize: {len(frame):,} images from {source}, {len(written)} PNG file(s) in {args.out}")
+    return cli.EXIT_FAILURES if failed else cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run(lambda: visualize(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
