@@ -116,13 +116,14 @@ class Service:
             return self.status()
         proc = None
         if not self.pid():
+            env = self.environment()  # refuses to start a keyless MeiliSearch before any download
             self.install()
             self.dir.mkdir(parents=True, exist_ok=True)
             self.pidfile.parent.mkdir(parents=True, exist_ok=True)
             self.logfile.parent.mkdir(parents=True, exist_ok=True)
             with open(self.logfile, "ab") as out:
                 proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.environment(),
+                                        stdin=subprocess.DEVNULL, env=env,
                                         cwd=self.dir, start_new_session=True)
             self.pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + self.start_timeout

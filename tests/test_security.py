@@ -1,0 +1,59 @@
+"""Secure defaults: MeiliSearch never runs keyless, scripts never print secrets, services stay on loopback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from imgpipe.settings import REPO_ROOT, SettingsError, settings_from_mapping
+from stack.services import MeiliSearch, StackError
+from tests.helpers import run_script, script_env
+
+
+def test_meilisearch_is_never_started_without_a_master_key(tmp_path):
+    keyless = settings_from_mapping({"MEILI_URL": "http://127.0.0.1:7799", "LOCAL_STATE_DIR": str(tmp_path)})
+    with pytest.raises(StackError, match="never runs without a master key"):
+        MeiliSearch(keyless).start()
+    assert not (tmp_path / "run" / "meilisearch.pid").exists()
+
+
+def test_a_short_master_key_is_refused_without_echoing_it():
+    with pytest.raises(SettingsError) as err:
+        settings_from_mapping({"MEILI_MASTER_KEY": "tooshort123"})
+    assert "at least 16 bytes" in str(err.value) and "tooshort123" not in str(err.value)
+
+
+def test_stack_up_refuses_a_short_key_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stack", "up"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**script_env(settings_from_mapping({})), "MEILI_MASTER_KEY": "tooshort123"},
+                            timeout=60)
+    assert result.returncode == 2
+    assert "MEILI_MASTER_KEY must be at least 16 bytes" in result.stderr
+    assert "Traceback" not in result.stderr and "tooshort123" not in result.stderr
+
+
+@pytest.mark.integration
+def test_no_secret_reaches_the_logs_even_in_debug_mode(settings):
+    secrets = [s for s in (settings.meili_master_key, settings.meili_admin_key, settings.meili_search_key) if s]
+    assert secrets
+    for script, args in (("producer/image_producer.py", ["-v", "--no-progress"]),
+                         ("consumer/image_consumer.py", ["-v", "--no-progress", "--max-idle-seconds", "2"]),
+                         ("visualize/search.py", ["anything"])):
+        result = run_script(script, args, settings)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-2000:]
+        for secret in secrets:
+            assert secret not in output, f"{script} printed a key"
+
+
+@pytest.mark.integration
+def test_the_search_key_cannot_read_documents_or_manage_keys(settings):
+    import meilisearch.errors
+
+    from imgpipe.clients import meili_search_client
+
+    client = meili_search_client(settings)
+    with pytest.raises(meilisearch.errors.MeilisearchApiError) as err:
+        client.get_keys()
+    assert err.value.status_code in (401, 403)
