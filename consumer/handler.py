@@ -2,6 +2,7 @@
 the document. Indexing and committing happen per batch, in consumer/loop.py."""
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -54,17 +55,23 @@ def to_document(event: ImageEvent, object_meta: dict, image: ProcessedImage, thu
 
 
 class ImageHandler:
-    def __init__(self, settings: Settings, store: ObjectStore):
+    """Runs on a pool larger than `workers`: S3 transfers of some images overlap with the
+    OpenCV work of others, while the semaphore keeps CPU-bound processing to `workers` at once
+    (OpenCV releases the GIL, so each one can use a core)."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, workers: int):
         self.settings = settings
         self.store = store
         self.options = ProcessingOptions.from_settings(settings)
+        self._processing_slots = threading.BoundedSemaphore(workers)
 
     def handle(self, event: ImageEvent) -> dict:
         """Raises MessageError (dead-letter) or, on shutdown during an outage, Stopped."""
         started = time.perf_counter()
         check_bucket_allowed(event, self.settings.allowed_buckets)
         data, meta = self.store.fetch(event.bucket, event.key, self.options.max_object_bytes)
-        image = process_image(data, self.options)
+        with self._processing_slots:
+            image = process_image(data, self.options)
         prefix = self.settings.s3_processed_prefix
         thumbnail_key = derived_key(prefix, "thumbnails", event.bucket, event.key)
         grayscale_key = derived_key(prefix, "grayscale", event.bucket, event.key)

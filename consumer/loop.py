@@ -31,6 +31,8 @@ from consumer.storage import ObjectStore
 log = logging.getLogger("consumer")
 
 JOIN_WAIT_SECONDS = 60.0
+# Threads per processing slot: the extra ones wait on S3 while the others use the CPU.
+IO_THREADS_PER_WORKER = 4
 
 
 @dataclass
@@ -120,7 +122,7 @@ class BatchConsumer:
 
         ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
         store = ObjectStore(s3_client(self.settings), self.settings.s3_bucket, self.stop)
-        handler = ImageHandler(self.settings, store)
+        handler = ImageHandler(self.settings, store, self.workers)
         indexer = Indexer(self.settings, self.stop)
         indexer.ensure_index()
         dead_letters = DeadLetterWriter(self.settings, self.stop)
@@ -129,7 +131,8 @@ class BatchConsumer:
                            on_lost=self._on_revoke)
         self._last_activity = time.monotonic()
         try:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="image") as pool:
+            with ThreadPoolExecutor(max_workers=self.workers * IO_THREADS_PER_WORKER,
+                                    thread_name_prefix="image") as pool:
                 while not self.stop.is_set():
                     messages = consumer.consume(num_messages=self.settings.consumer_batch_size,
                                                 timeout=self.settings.consumer_batch_ms / 1000)
