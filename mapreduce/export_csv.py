@@ -1,0 +1,214 @@
+"""Export every document of the MeiliSearch index to a CSV for the MapReduce job.
+
+One header row, then one row per image, columns in imgpipe.document.FIELDS order. Values are
+CSV-quoted where needed, so keys with commas, quotes, tabs, `;`, `&`, `=` or any unicode come
+through unchanged. CR and LF inside text are written as the two characters `\\r` and `\\n`:
+Hadoop splits its input on line ends before any CSV parser sees it, so a quoted newline would
+tear a row in two (the `id` column still names the exact object).
+
+Documents are read page by page through the documents API, with the search-only key when it
+may read documents (a key with the `documents.get` action), else the admin key: the default
+search key may only search, and search results stop at maxTotalHits (1000 by default).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from imgpipe import cli
+from imgpipe.document import FIELDS
+from imgpipe.errors import InfrastructureError, UserError
+from imgpipe.settings import Settings, load_settings
+
+log = logging.getLogger("mapreduce.export_csv")
+
+COLUMNS: tuple[str, ...] = tuple(FIELDS)
+DEFAULT_S3_KEY = "data/image_metadata.csv"
+PAGE_SIZE = 1000
+
+
+def cell(value) -> str:
+    """One document value as CSV cell text (before quoting)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = str(value)
+    if "\r" in text or "\n" in text:
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text
+
+
+def to_row(document: dict) -> list[str]:
+    return [cell(document.get(name)) for name in COLUMNS]
+
+
+def write_csv(documents: Iterable[dict], out) -> int:
+    """Write the header and one row per document to a text file; returns the row count."""
+    # LF line ends: Hadoop, `sort` and `cut` all want one; QUOTE_MINIMAL keeps numbers bare.
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(COLUMNS)
+    rows = 0
+    for document in documents:
+        writer.writerow(to_row(document))
+        rows += 1
+    return rows
+
+
+def _is_forbidden(exc: Exception) -> bool:
+    return getattr(exc, "status_code", None) in (401, 403)
+
+
+@dataclass
+class DocumentReader:
+    """Pages through an index with the documents API (offset/limit)."""
+
+    settings: Settings
+    page_size: int = PAGE_SIZE
+    total: int | None = None  # documents in the index, known after the first page
+    key_used: str = ""  # "search" or "admin", for the summary
+
+    def _fetch(self, client, offset: int):
+        return client.index(self.settings.meili_index).get_documents(
+            {"offset": offset, "limit": self.page_size, "fields": list(COLUMNS)})
+
+    def _first_page(self):
+        from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError
+
+        from imgpipe.clients import meili_client, meili_search_client
+
+        candidates = [("search", meili_search_client(self.settings))]
+        if self.settings.reading_key != self.settings.indexing_key:
+            candidates.append(("admin", meili_client(self.settings)))
+        for position, (name, client) in enumerate(candidates):
+            try:
+                page = self._fetch(client, 0)
+            except MeilisearchApiError as exc:
+                if exc.code == "index_not_found":
+                    raise UserError(f"MeiliSearch has no index {self.settings.meili_index!r} "
+                                    "(MEILI_INDEX); run the consumer first or pick another") from None
+                if _is_forbidden(exc) and position + 1 < len(candidates):
+                    log.info("the search-only key may not read documents (%s); reading with the "
+                             "admin key", exc.code)
+                    continue
+                if _is_forbidden(exc):
+                    raise UserError(f"MeiliSearch refused to list documents ({exc.code}): set "
+                                    "MEILI_ADMIN_KEY (or a key with documents.get)") from None
+                raise InfrastructureError("meilisearch", f"listing documents failed: {exc}") from None
+            except MeilisearchCommunicationError as exc:
+                raise InfrastructureError("meilisearch", f"cannot reach {self.settings.meili_url}: {exc}") from None
+            self.key_used = name
+            return client, page
+        raise AssertionError("unreachable: the last candidate raises")
+
+    def documents(self) -> Iterator[dict]:
+        """Every document once, in the index's order. Documents added while paging may be
+        missed and replaced ones may shift; ids already written are not written twice."""
+        from meilisearch.errors import MeilisearchError
+
+        client, page = self._first_page()
+        self.total = page.total
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            for document in page.results:
+                document = dict(document)
+                if document.get("id") in seen:
+                    continue
+                seen.add(document.get("id"))
+                yield document
+            offset += len(page.results)
+            if not page.results or offset >= page.total:
+                return
+            try:
+                page = self._fetch(client, offset)
+            except MeilisearchError as exc:
+                raise InfrastructureError("meilisearch", f"listing documents at offset {offset} failed: {exc}") from None
+
+
+def export(settings: Settings, out_path: Path, show_progress: bool | None = None,
+           page_size: int = PAGE_SIZE) -> tuple[int, int | None, str]:
+    """Write the index to `out_path` (atomically: a partial file never has the final name).
+    Returns (rows written, documents the index reported, key used)."""
+    reader = DocumentReader(settings, page_size=page_size)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as out, \
+                cli.progress(None, "exporting", unit="doc", enabled=show_progress) as bar:
+            def counted():
+                for document in reader.documents():
+                    if bar.total is None and reader.total is not None:
+                        bar.total = reader.total
+                    bar.update(1)
+                    yield document
+
+            rows = write_csv(counted(), out)
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows, reader.total, reader.key_used
+
+
+def upload(settings: Settings, path: Path, key: str = DEFAULT_S3_KEY) -> str:
+    """Upload the CSV to s3://<S3_BUCKET>/<key>; returns the URI."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imgpipe.clients import s3_client
+
+    uri = f"s3://{settings.s3_bucket}/{key}"
+    try:
+        s3_client(settings).upload_file(str(path), settings.s3_bucket, key,
+                                        ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
+    except (BotoCoreError, ClientError) as exc:
+        raise InfrastructureError("s3", f"Failed to upload {path} to {uri}: {exc}") from None
+    return uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser("python mapreduce/export_csv.py", __doc__, [
+        "python mapreduce/export_csv.py --out out/image_metadata.csv",
+        "python mapreduce/export_csv.py --out out/image_metadata.csv --upload   # also to s3://$S3_BUCKET/data/",
+        "MEILI_INDEX=test_images python mapreduce/export_csv.py --out /tmp/test.csv",
+    ])
+    p.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    p.add_argument("--index", help="MeiliSearch index to export (env MEILI_INDEX; default image_metadata)")
+    p.add_argument("--upload", action="store_true",
+                   help="also upload the CSV to s3://<S3_BUCKET>/<--s3-key> (env S3_BUCKET, S3_ENDPOINT_URL)")
+    p.add_argument("--s3-key", default=DEFAULT_S3_KEY, help="object key of the upload")
+    p.add_argument("--page-size", type=int, default=PAGE_SIZE, help="documents per request")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    cli.setup_logging(args.verbose)
+
+    def body() -> int:
+        settings = load_settings(require_meili_key=True)
+        if args.index:
+            settings = settings.with_overrides(meili_index=args.index)
+        if args.page_size < 1:
+            raise UserError("--page-size must be at least 1")
+        if args.out.is_dir():
+            raise UserError(f"--out {args.out} is a directory; give a file name")
+        started = time.monotonic()
+        rows, total, key_used = export(settings, args.out, page_size=args.page_size)
+        where = str(args.out)
+        if args.upload:
+            where += " and " + upload(settings, args.out, args.s3_key)
+        print(f"exported {rows} documents of index {settings.meili_index} (it reports {total}) "
+              f"to {where} in {time.monotonic() - started:.1f} s, read with the {key_used} key")
+        return 0
+
+    return cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

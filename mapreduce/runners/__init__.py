@@ -1,0 +1,1 @@
+"""The three ways to run mapper.py and reducer.py: a shell pipe, local Hadoop, an EMR step."""
