@@ -90,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_overrides(**overrides)
         workers = settings.consumer_workers or os.cpu_count() or 1
 
-        import cv2
-
+        # consumer.loop imports consumer.processing, which must come before the first `import cv2`
+        # (and after load_settings, which puts MAX_IMAGE_PIXELS from .env into the environment):
+        # OpenCV reads its own pixel limit, our second line of defence, only once, at import.
         from consumer.loop import BatchConsumer
+
+        import cv2
 
         # Parallelism comes from our workers; OpenCV's own threads would only compete with them.
         cv2.setNumThreads(1)
+        # Every corrupt PNG would print an OpenCV warning; the dead-letter reason already says it.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         bar = cli.progress(None, "images", unit="img", enabled=args.progress)
         runner = BatchConsumer(settings, workers=workers, max_idle_seconds=args.max_idle_seconds,
                                status_interval=args.status_interval, on_batch=bar.update)

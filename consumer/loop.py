@@ -178,9 +178,11 @@ class BatchConsumer:
             except MessageError as exc:
                 outcomes[i] = exc
             except (Stopped, InfrastructureError):
+                # Stopped: a stop came during an outage. InfrastructureError that escaped the
+                # retries cannot be retried (a broken OpenCV install): stop, commit nothing.
                 for other in futures.values():
                     other.cancel()
-                raise Stopped("batch abandoned") from None
+                raise
             except Exception as exc:  # a bug on one odd image must not stop the stream
                 log.exception("unexpected error on %s[%d]@%d", messages[i].topic(), messages[i].partition(),
                               messages[i].offset())

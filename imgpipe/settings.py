@@ -52,6 +52,7 @@ class Settings:
     max_object_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     thumbnail_size: int = 256
+    grayscale_max_size: int = 1024  # 0 means full size
     face_detection: bool = True
     # Local stack
     local_state_dir: Path = REPO_ROOT / ".local"
@@ -103,6 +104,7 @@ ENV_VARS: dict[str, str] = {
     "MAX_OBJECT_BYTES": "max_object_bytes",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "THUMBNAIL_SIZE": "thumbnail_size",
+    "GRAYSCALE_MAX_SIZE": "grayscale_max_size",
     "FACE_DETECTION": "face_detection",
     "LOCAL_STATE_DIR": "local_state_dir",
 }
@@ -110,6 +112,7 @@ ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
 
 _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_batch_ms",
                   "max_object_bytes", "max_image_pixels", "thumbnail_size"}
+_ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -117,13 +120,14 @@ _FALSE = {"0", "false", "no", "off"}
 def _parse(attr: str, raw: str):
     """Turn one raw string into the field's type; raise ValueError with a short reason."""
     raw = raw.strip()
-    if attr in _POSITIVE_INTS or attr == "consumer_workers":
+    if attr in _POSITIVE_INTS or attr in _ZERO_OK_INTS:
         try:
             value = int(raw)
         except ValueError:
             raise ValueError(f"must be a whole number, got {raw!r}") from None
-        if value < (0 if attr == "consumer_workers" else 1):
-            raise ValueError(f"must be {'0 or more' if attr == 'consumer_workers' else 'at least 1'}, got {value}")
+        zero_ok = attr in _ZERO_OK_INTS
+        if value < (0 if zero_ok else 1):
+            raise ValueError(f"must be {'0 or more' if zero_ok else 'at least 1'}, got {value}")
         return value
     if attr == "face_detection":
         if raw.lower() in _TRUE:
