@@ -108,22 +108,10 @@ def build_corpus(count: int = 300, seed: int = 0, *,
 
 
 def sniff_format(data: bytes) -> str:
-    """The image format from the first bytes (jpeg, png, webp, gif, bmp, tiff), else empty/other."""
-    if not data:
-        return "empty"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return "other"
+    """The format the consumer will see (jpeg, png, webp, gif, bmp, tiff), else empty/other."""
+    from consumer.imageguard import sniff_format as consumer_sniff
+
+    return consumer_sniff(data) or ("empty" if not data else "other")
 
 
 def corpus_summary(items: Iterable[Item]) -> dict:
