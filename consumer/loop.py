@@ -45,6 +45,10 @@ class Stats:
     latencies: list[float] = field(default_factory=list)  # event_time -> searchable, seconds
     started: float = field(default_factory=time.monotonic)
     lag: int | None = None
+    # Monotonic times of the first message and of the last batch committed: the busy span,
+    # without start-up (index, topics, group join) or the idle tail before --max-idle-seconds.
+    first_message_at: float | None = None
+    last_committed_at: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -52,6 +56,17 @@ class Stats:
 
     def rate(self) -> float:
         return (self.indexed + self.dead_lettered) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def active_seconds(self) -> float | None:
+        if self.first_message_at is None or self.last_committed_at is None:
+            return None
+        return self.last_committed_at - self.first_message_at
+
+    def active_rate(self) -> float | None:
+        """Images per second from the first message to the last commit (what bench/ measures)."""
+        busy = self.active_seconds
+        return (self.indexed + self.dead_lettered) / busy if busy else None
 
     def latency(self, quantile: float) -> float | None:
         if not self.latencies:
@@ -69,8 +84,14 @@ class Stats:
         return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
                 "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
+                "active_seconds": _rounded(self.active_seconds, 3),
+                "active_images_per_second": _rounded(self.active_rate(), 2),
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _seconds_since(iso_time: str, now: float) -> float | None:
@@ -162,6 +183,8 @@ class BatchConsumer:
         return False
 
     def _process_batch(self, consumer, pool, handler, indexer, dead_letters, messages) -> None:
+        if self.stats.first_message_at is None:
+            self.stats.first_message_at = time.monotonic()
         self.stats.consumed += len(messages)
         outcomes: list[object] = [None] * len(messages)  # a document or a MessageError, in message order
         futures = {}
@@ -207,6 +230,7 @@ class BatchConsumer:
         self.stats.indexed += len(documents)
         self.stats.dead_lettered += written
         self.stats.batches += 1
+        self.stats.last_committed_at = time.monotonic()
         if self.on_batch:
             self.on_batch(len(messages))
 

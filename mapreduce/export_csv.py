@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+if __package__ in (None, ""):
+    # Run as a file (python mapreduce/export_csv.py): the repo root must be importable for imgpipe & co.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from imgpipe import cli
 from imgpipe.document import FIELDS
 from imgpipe.errors import InfrastructureError, UserError

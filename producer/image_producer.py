@@ -20,6 +20,10 @@ import threading
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):
+    # Run as a file (python producer/image_producer.py): the repo root must be importable for imgpipe & co.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from imgpipe import cli
 from imgpipe.clients import s3_client
 from imgpipe.errors import InfrastructureError, UserError
