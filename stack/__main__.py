@@ -35,7 +35,7 @@ def ensure_env_file(env_file: Path = ENV_FILE) -> None:
 def ensure_api_keys(settings: Settings, env_file: Path = ENV_FILE) -> Settings:
     """Store MeiliSearch's default admin and search-only keys in .env, so that indexing and
     reading never need the master key."""
-    from dotenv import set_key
+    from dotenv import dotenv_values, set_key
 
     if settings.meili_admin_key and settings.meili_search_key:
         return settings
@@ -45,7 +45,11 @@ def ensure_api_keys(settings: Settings, env_file: Path = ENV_FILE) -> Settings:
     by_name = {k.name: k.key for k in keys}
     admin = settings.meili_admin_key or by_name.get("Default Admin API Key", "")
     search = settings.meili_search_key or by_name.get("Default Search API Key", "")
-    if env_file.exists():
+    on_file = dotenv_values(env_file) if env_file.exists() else {}
+    # Only remember keys of the server .env describes: settings that came from the environment
+    # (a second stack, a test) must not overwrite the keys of the main one.
+    if (on_file.get("MEILI_URL", "").rstrip("/") == settings.meili_url
+            and on_file.get("MEILI_MASTER_KEY") == settings.meili_master_key):
         if admin and not settings.meili_admin_key:
             set_key(str(env_file), "MEILI_ADMIN_KEY", admin, quote_mode="never")
         if search and not settings.meili_search_key:
