@@ -78,3 +78,16 @@ def test_up_is_idempotent_and_down_leaves_nothing_running(stack, tmp_path):
     assert after.returncode == 1 and after.stdout.count("DOWN") == 3
     # The second stack's keys were not written over the main stack's in .env.
     assert env_file.read_bytes() == env_file_before
+
+
+def test_a_service_configured_elsewhere_is_left_alone(tmp_path):
+    from stack.services import MeiliSearch
+
+    remote = settings_from_mapping({"MEILI_URL": "http://search.example.invalid:7700",
+                                    "MEILI_MASTER_KEY": "k" * 24, "LOCAL_STATE_DIR": str(tmp_path)})
+    service = MeiliSearch(remote)
+    assert not service.is_local
+    status = service.start()
+    assert (status.managed, status.pid, status.healthy) == (False, None, False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "bin").exists()  # nothing fetched or started
+    assert service.stop() is False
