@@ -84,7 +84,8 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
     """Send events for one listing; returns (delivered, failed)."""
     missing = 0
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
-    sender = EventSender(settings, on_delivered=lambda: bar.update(1))
+    sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
+                         track_delivered=state is not None)
     try:
         source = head_objects(s3, bucket, keys) if keys else list_objects(s3, bucket, prefix)
         queued = 0

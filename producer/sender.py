@@ -30,34 +30,45 @@ class DeliveryReport:
 
 
 class EventSender:
-    """An idempotent producer (see imgpipe.clients.producer_config) with delivery accounting."""
+    """An idempotent producer (see imgpipe.clients.producer_config) with delivery accounting.
 
-    def __init__(self, settings: Settings, on_delivered=None, **config_overrides):
+    One bound method serves every delivery report: a closure per message would cost more than
+    the produce call itself. With `track_delivered`, the (key, etag) of each acknowledged event
+    is kept for the --watch state file.
+    """
+
+    def __init__(self, settings: Settings, on_delivered=None, track_delivered: bool = False, **config_overrides):
         from confluent_kafka import Producer
 
         self.topic = settings.kafka_topic
         self.report = DeliveryReport()
         self._on_delivered = on_delivered
+        self._etags: dict[bytes, str] | None = {} if track_delivered else None
         self._producer = Producer(producer_config(settings, **config_overrides))
 
-    def _delivered(self, err, msg, etag: str) -> None:
-        key = msg.key().decode("utf-8") if msg.key() is not None else ""
+    def _delivered(self, err, msg) -> None:
         if err is not None:
             self.report.failed += 1
             if len(self.report.errors) < 20:
+                key = (msg.key() or b"").decode("utf-8", "replace")
                 self.report.errors.append(f"{key}: {err.str()}")
             return
         self.report.sent += 1
-        self.report.delivered_keys.append((key, etag))
-        if self._on_delivered:
+        if self._etags is not None:
+            key = msg.key()
+            self.report.delivered_keys.append((key.decode("utf-8"), self._etags.pop(key, "")))
+        if self._on_delivered is not None:
             self._on_delivered()
 
     def send(self, event: ImageEvent) -> None:
         # The object key is the message key: events of one object land on one partition, in order.
+        key = event.key.encode("utf-8")
+        if self._etags is not None:
+            self._etags[key] = event.etag
+        value = event.to_json()
         while True:
             try:
-                self._producer.produce(self.topic, key=event.key.encode("utf-8"), value=event.to_json(),
-                                       on_delivery=lambda err, msg, etag=event.etag: self._delivered(err, msg, etag))
+                self._producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
                 break
             except BufferError:
                 # The local queue is full: let deliveries drain, then try again.
