@@ -49,6 +49,9 @@ class Stats:
     # without start-up (index, topics, group join) or the idle tail before --max-idle-seconds.
     first_message_at: float | None = None
     last_committed_at: float | None = None
+    # CPU seconds of the whole process (all threads) at those two moments.
+    first_message_cpu: float | None = None
+    last_committed_cpu: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -86,8 +89,24 @@ class Stats:
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
                 "active_seconds": _rounded(self.active_seconds, 3),
                 "active_images_per_second": _rounded(self.active_rate(), 2),
+                "active_cpu_seconds": (None if self.first_message_cpu is None or self.last_committed_cpu is None
+                                       else round(self.last_committed_cpu - self.first_message_cpu, 3)),
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from VmHWM: ru_maxrss also counts the
+    memory of the process that started us (fork/vfork + exec keeps its high-water mark), so a
+    consumer launched by a big parent would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -185,6 +204,7 @@ class BatchConsumer:
     def _process_batch(self, consumer, pool, handler, indexer, dead_letters, messages) -> None:
         if self.stats.first_message_at is None:
             self.stats.first_message_at = time.monotonic()
+            self.stats.first_message_cpu = time.process_time()
         self.stats.consumed += len(messages)
         outcomes: list[object] = [None] * len(messages)  # a document or a MessageError, in message order
         futures = {}
@@ -231,6 +251,7 @@ class BatchConsumer:
         self.stats.dead_lettered += written
         self.stats.batches += 1
         self.stats.last_committed_at = time.monotonic()
+        self.stats.last_committed_cpu = time.process_time()
         if self.on_batch:
             self.on_batch(len(messages))
 

@@ -1,0 +1,87 @@
+"""The benchmark corpus: photo-like JPEGs, smaller images, face photos and decompression bombs.
+
+Every figure that counts images (decode, processing, pipeline, memory) runs over this one
+list, so their ratios compare the same bytes. Keys start with a number in a shuffled order,
+so any prefix of the listing (producer --limit) is a mix of sizes rather than one kind.
+"""
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+Item = tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    photos: int = 500  # photo-like JPEGs of photo_size
+    photo_size: tuple[int, int] = (1280, 960)
+    small: int = 100  # smaller JPEGs and PNGs, 320-800 px
+    demo_count: int = 300  # the demo corpus whose photos/astronaut/ face crops are added
+    seed: int = 0
+
+
+FULL = CorpusSpec()
+QUICK = CorpusSpec(photos=6, photo_size=(320, 240), small=2, demo_count=30)
+
+
+def _small_item(seed: int, i: int) -> Item:
+    from imgpipe.samples import photo_like_jpeg, photo_like_pil, pil_bytes
+
+    width, height = ((800, 600), (640, 480), (480, 640), (320, 240))[i % 4]
+    if i % 5 == 4:  # one in five is a PNG: lossless decoding costs differently
+        return f"small/photo-{width}x{height}-{seed}-{i}.png", pil_bytes(photo_like_pil(seed * 7919 + i, width, height),
+                                                                       "PNG")
+    return f"small/photo-{width}x{height}-{seed}-{i}.jpg", photo_like_jpeg(seed * 7919 + i, width, height, 85)
+
+
+def face_photos(demo_count: int, seed: int) -> list[Item]:
+    """The demo corpus's face photos (astronaut crops, one face each, 70-300 px wide)."""
+    from demo.corpus import build_corpus
+
+    return [(key, data) for key, data in build_corpus(demo_count, seed) if key.startswith("photos/astronaut/")]
+
+
+def awkward_items() -> list[Item]:
+    """imgpipe.samples' awkward and broken files (two decompression bombs among them) and the
+    demo corpus's 30000x30000 PNG bomb."""
+    from demo.corpus import BROKEN_FILES
+    from imgpipe.samples import awkward_samples
+
+    items = [(f"awkward/{name}", data) for name, (data, _) in awkward_samples().items()]
+    items.append(("awkward/decompression-bomb-30000x30000.png", BROKEN_FILES["broken/decompression-bomb.png"](0)))
+    return items
+
+
+def build(spec: CorpusSpec, threads: int = 2) -> list[Item]:
+    """(key, bytes) of the whole corpus, the same bytes for the same spec."""
+    from imgpipe.samples import photo_like_jpeg
+
+    width, height = spec.photo_size
+
+    def photo(i: int) -> Item:
+        return f"photo/photo-{width}x{height}-{spec.seed}-{i}.jpg", photo_like_jpeg(spec.seed * 100_003 + i,
+                                                                                    width, height, 90)
+
+    # OpenCV and numpy release the GIL while drawing and encoding: two threads halve the wait.
+    with ThreadPoolExecutor(threads) as pool:
+        items = list(pool.map(photo, range(spec.photos)))
+        items += list(pool.map(lambda i: _small_item(spec.seed, i), range(spec.small)))
+    items += [(f"faces/{key.rsplit('/', 1)[-1]}", data) for key, data in face_photos(spec.demo_count, spec.seed)]
+    items += awkward_items()
+    random.Random(spec.seed).shuffle(items)
+    return [(f"{i:04d}-{key.replace('/', '-')}", data) for i, (key, data) in enumerate(items)]
+
+
+def kind(key: str) -> str:
+    """photo, small, faces or awkward, from a corpus key."""
+    return key.split("-", 2)[1]
+
+
+def is_face_photo(key: str) -> bool:
+    return kind(key) == "faces"
+
+
+def is_photo_like(key: str) -> bool:
+    return kind(key) in ("photo", "small")

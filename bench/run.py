@@ -1,0 +1,298 @@
+"""The order of the benchmark steps, their sizes, and the clean-up afterwards.
+
+A step that fails leaves its figures empty with the reason in `note`, and the others still
+run: one broken measurement should not hide the rest of the table.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgpipe.errors import InfrastructureError
+from imgpipe.settings import Settings
+
+from bench import corpus as bench_corpus
+from bench.figures import Figure
+from bench.pipeline import BenchError, RunNames
+
+log = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    corpus: bench_corpus.CorpusSpec
+    passes: int  # best-of passes of the in-memory floors
+    producer_messages: int
+    index_documents: int
+    naive_documents: int  # the one-request-per-document floor runs on this many of them
+    mapreduce_rows: int
+    hadoop: bool
+    latency_seconds: float  # how long the steady load of the latency run lasts
+    max_idle_seconds: float  # the consumer stops after this long without messages
+    label: str = "full"
+
+
+FULL = BenchConfig(corpus=bench_corpus.FULL, passes=3, producer_messages=100_000, index_documents=2000,
+                   naive_documents=200, mapreduce_rows=1_000_000, hadoop=True, latency_seconds=30,
+                   max_idle_seconds=4)
+QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000, index_documents=200,
+                    naive_documents=20, mapreduce_rows=5000, hadoop=False, latency_seconds=4,
+                    max_idle_seconds=3, label="quick")
+
+
+# The steps, in the order they run (`--only` picks some). The pipeline's floor is the
+# in-memory processing rate, so without in_memory its ratios are left empty.
+GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce")
+# The end-to-end runs, each with its own topic, group, index and output prefix.
+PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency")
+
+
+def step(name: str):
+    print(f"==> {name}", file=sys.stderr, flush=True)
+    return time.monotonic()
+
+
+class Bench:
+    def __init__(self, settings: Settings, config: BenchConfig, work: Path, show_progress: bool | None = None,
+                 profile: bool = False, only: set[str] | None = None):
+        self.settings = settings
+        self.profile = profile
+        self.only = only  # a subset of GROUPS, or None for all
+        self.config = config
+        self.work = work
+        self.show_progress = show_progress
+        self.names = RunNames(uuid.uuid4().hex[:8])
+        self.figures: dict[str, Figure] = {}
+        self.failures: list[str] = []
+        self._topics: list[str] = []
+        self._indexes: list[str] = []
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def add(self, *figures: Figure) -> None:
+        for figure in figures:
+            self.figures[figure.name] = figure
+
+    def failed(self, names: list[str], units: list[str], exc: Exception) -> None:
+        reason = " ".join(str(exc).split())[:300]
+        self.failures.append(f"{', '.join(names)}: {reason}")
+        log.error("%s failed: %s", ", ".join(names), str(exc))
+        for name, unit in zip(names, units):
+            if name not in self.figures:
+                self.add(Figure(name, None, unit, note=f"failed: {reason}"))
+
+    def value(self, name: str) -> float | None:
+        figure = self.figures.get(name)
+        return figure.value if figure else None
+
+    # --- the steps ------------------------------------------------------------------------------
+    def run(self) -> list[Figure]:
+        from imgpipe import cli
+
+        step(f"corpus ({self.config.label}); this run's names start with {self.names.topic_prefix}")
+        with cli.progress(None, "generating", unit="img", enabled=self.show_progress) as bar:
+            items = bench_corpus.build(self.config.corpus)
+            bar.update(len(items))
+        self.items = items
+        log.info("corpus: %d images, %.1f MB", len(items), sum(len(d) for _, d in items) / 1e6)
+        try:
+            for group in GROUPS:
+                if self.only is None or group in self.only:
+                    getattr(self, group)()
+        finally:
+            self.clean_up()
+        return list(self.figures.values())
+
+    def guarded(self, names: list[str], units: list[str], body) -> None:
+        try:
+            body()
+        except (BenchError, InfrastructureError, RuntimeError, OSError) as exc:
+            self.failed(names, units, exc)
+        except Exception as exc:  # a library's own error: still report the other figures
+            log.exception("unexpected error")
+            self.failed(names, units, exc)
+
+    def in_memory(self) -> None:
+        from bench import inmemory
+
+        def body() -> None:
+            step("decode_floor, processing_floor, processing_floor_faces (from memory, 1 thread)")
+            decode = inmemory.decode_floor(self.items, self.config.passes)
+            self.add(decode)
+            plain = inmemory.processing_run(self.items, face_detection=False, passes=self.config.passes)
+            self.add(inmemory.processing_figure("processing_floor", plain, decode, self.config.passes))
+            faces = inmemory.processing_run(self.items, face_detection=True, passes=self.config.passes)
+            self.add(inmemory.processing_figure("processing_floor_faces", faces, decode, self.config.passes))
+            step("faces at the working scale")
+            self.add(*inmemory.face_figures(self.items, faces))
+
+        self.guarded(["decode_floor", "processing_floor", "processing_floor_faces"],
+                     ["images/s"] * 3, body)
+
+    def pipelines(self) -> None:
+        if not self._upload():
+            return
+        summaries: dict[str, dict] = {}
+        for workers, name in ((1, "pipeline_1_worker"), (2, "pipeline_2_workers")):
+            self.guarded([name], ["images/s"], lambda w=workers, n=name: self._throughput(w, n, summaries))
+        self.guarded(["consumer_peak_rss_mb"], ["MB"], lambda: self._peak_memory(summaries))
+        self.guarded(["latency_p50", "latency_p95"], ["s", "s"], self._latency)
+
+    def _upload(self) -> bool:
+        from demo.corpus import upload_corpus
+        from imgpipe import cli
+
+        def upload() -> None:
+            step(f"upload the corpus to s3://{self.settings.s3_bucket}/{self.names.raw_prefix}")
+            with cli.progress(len(self.items), "uploading", unit="img", enabled=self.show_progress) as bar:
+                upload_corpus(self.settings, self.items, self.names.raw_prefix, workers=8,
+                              on_item=lambda: bar.update(1))
+
+        failures = len(self.failures)
+        self.guarded(["pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95",
+                      "consumer_peak_rss_mb"], ["images/s", "images/s", "s", "s", "MB"], upload)
+        return len(self.failures) == failures
+
+    def _throughput(self, workers: int, name: str, summaries: dict) -> None:
+        from bench.pipeline import throughput_run
+
+        images = len(self.items)
+        step(f"{name}: S3 -> Kafka -> consumer --workers {workers} -> S3 + MeiliSearch ({images} images)")
+        summary = throughput_run(self.settings, self.names, name.replace("_", "-"), workers, images,
+                                 self.config.max_idle_seconds, self.work, profile=self.profile)
+        summaries[name] = summary
+        floor = self.value("processing_floor")
+        self.add(Figure(name, summary["active_images_per_second"], "images/s",
+                        floor=floor * workers if floor else None, floor_name=f"processing_floor x {workers}",
+                        detail={"images": images, "workers": workers, "face_detection": False,
+                                "indexed": summary["indexed"], "dead_lettered": summary["dead_lettered"],
+                                "batches": summary["batches"], "active_seconds": summary["active_seconds"],
+                                "consumer_seconds": summary["seconds"],
+                                "whole_run_images_per_second": summary["images_per_second"],
+                                "peak_rss_mb": summary["peak_rss_mb"], **summary["cpu"],
+                                "cpu_ms_per_image": summary.get("cpu_ms_per_image"),
+                                "cpu_bound_ceiling_images_per_second": summary.get("cpu_bound_ceiling"),
+                                "share_of_ceiling": summary.get("share_of_ceiling"),
+                                "profiled": self.profile}))
+
+    def _peak_memory(self, summaries: dict) -> None:
+        if not summaries:
+            raise BenchError("no pipeline run finished")
+        run, summary = max(summaries.items(), key=lambda kv: kv[1]["peak_rss_mb"])
+        bombs = [key for key, _ in self.items if "bomb" in key or "huge-" in key]
+        self.add(Figure("consumer_peak_rss_mb", summary["peak_rss_mb"], "MB",
+                        detail={"run": run, "per_run": {k: v["peak_rss_mb"] for k, v in summaries.items()},
+                                "images": len(self.items), "decompression_bombs": bombs,
+                                "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
+                                "measure": "the consumer's own peak resident memory (VmHWM)"}))
+
+    def _latency(self) -> None:
+        from bench.pipeline import latency_run
+
+        throughput = self.value("pipeline_2_workers") or self.value("pipeline_1_worker")
+        if not throughput:
+            raise BenchError("no throughput measured to set the rate from")
+        rate = throughput / 2
+        count = min(len(self.items), max(20, round(rate * self.config.latency_seconds)))
+        step(f"latency: producer --rate {rate:.1f} (half of {throughput:.1f} images/s) for {count} events, "
+             "consumer --workers 2")
+        summary = latency_run(self.settings, self.names, "latency", 2, rate, count,
+                              max(self.config.max_idle_seconds, 5), self.work)
+        detail = {"rate": round(rate, 2), "events": count, "workers": 2, "face_detection": False,
+                  "measure": "event_time (producer) -> index task succeeded (consumer)",
+                  "batch_ms": self.settings.consumer_batch_ms, "batch_size": self.settings.consumer_batch_size,
+                  "batches": summary["batches"],
+                  "producer_events_per_second": summary["producer"].get("events_per_second")}
+        self.add(Figure("latency_p50", summary["latency_p50_s"], "s", detail=detail),
+                 Figure("latency_p95", summary["latency_p95_s"], "s", detail=detail))
+
+    def indexing(self) -> None:
+        from bench.indexing import index_names, indexing_figure
+
+        def body() -> None:
+            step(f"indexing_batched: {self.config.index_documents} documents batched, "
+                 f"{self.config.naive_documents} one per request, best of {self.config.passes}")
+            prefix = f"{self.names.index_prefix}_indexing"
+            self._indexes += index_names(prefix, self.config.passes)
+            self.add(indexing_figure(self.settings, self.config.index_documents, self.config.naive_documents,
+                                     prefix, rounds=self.config.passes))
+
+        self.guarded(["indexing_batched"], ["docs/s"], body)
+
+    def producer(self) -> None:
+        from bench.producing import producer_figure
+
+        def body() -> None:
+            step(f"producer: {self.config.producer_messages} events, EventSender vs a bare produce loop")
+            prefix = f"{self.names.topic_prefix}-producer"
+            self._topics += [f"{prefix}-bare", f"{prefix}-sender"]
+            self.add(producer_figure(self.settings, self.config.producer_messages, prefix,
+                                     rounds=max(2, self.config.passes)))
+
+        self.guarded(["producer"], ["messages/s"], body)
+
+    def mapreduce(self) -> None:
+        from bench.mapreduce import mapreduce_figures
+
+        hadoop, reason = self.config.hadoop, "--quick" if self.config.label == "quick" else "--no-hadoop"
+        if hadoop and not shutil.which("java"):
+            hadoop, reason = False, "no Java on PATH"
+
+        def body() -> None:
+            step(f"mapreduce: {self.config.mapreduce_rows:,} rows, pipe" + (" and hadoop" if hadoop else ""))
+            cache = self.settings.local_state_dir / "bench"
+            self.add(*mapreduce_figures(self.settings, self.config.mapreduce_rows, cache, self.work, hadoop, reason))
+
+        self.guarded(["mapreduce_pipe", "mapreduce_hadoop"], ["rows/s", "rows/s"], body)
+
+    # --- clean-up ---------------------------------------------------------------------------
+    def clean_up(self) -> None:
+        """Delete this run's indexes, topics and S3 objects (the local S3 keeps them in memory)."""
+        step("clean-up")
+        for run in PIPELINE_RUNS:
+            settings = self.names.settings(self.settings, run)
+            self._indexes.append(settings.meili_index)
+            self._topics += [settings.kafka_topic, settings.kafka_dead_letter_topic]
+        for what, action in (("indexes", self._delete_indexes), ("topics", self._delete_topics),
+                             ("S3 objects", self._delete_objects)):
+            try:
+                action()
+            except Exception as exc:  # clean-up must not hide the results
+                log.warning("could not delete this run's %s: %s", what, exc)
+
+    def _delete_indexes(self) -> None:
+        from meilisearch.errors import MeilisearchApiError
+
+        from imgpipe.clients import meili_client
+
+        client = meili_client(self.settings)
+        for name in sorted(set(self._indexes)):
+            try:
+                client.delete_index(name)
+            except MeilisearchApiError:
+                pass  # never created
+
+    def _delete_topics(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        from imgpipe.clients import kafka_base_config
+
+        admin = AdminClient(kafka_base_config(self.settings))
+        existing = admin.list_topics(timeout=10).topics
+        doomed = sorted(t for t in set(self._topics) if t in existing)
+        for future in admin.delete_topics(doomed, operation_timeout=30).values() if doomed else ():
+            future.result()
+
+    def _delete_objects(self) -> None:
+        from imgpipe.clients import s3_client
+
+        s3 = s3_client(self.settings)
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.settings.s3_bucket, Prefix=self.names.s3_prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=self.settings.s3_bucket, Delete={"Objects": keys, "Quiet": True})

@@ -1,0 +1,189 @@
+"""The benchmark harness: `python -m bench --quick` on a handful of images against the real
+stack writes every figure in the documented shape, its counts add up, and it leaves nothing
+behind. Timings are never asserted: only structure, counts and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.figures import FIGURE_ORDER, TARGETS, Figure, Target, ordered, table
+from imgpipe.settings import REPO_ROOT, to_env
+
+KEYS = {"name", "value", "unit", "floor", "ratio", "floor_is", "target", "target_of", "met"}
+FLOORS = {  # figure -> the figure its floor is (None: a floor of its own, or none)
+    "processing_floor": "decode_floor", "processing_floor_faces": "decode_floor",
+    "mapreduce_hadoop": "mapreduce_pipe",
+}
+
+
+# --- the pure part: figures, targets, table ----------------------------------------------------
+
+def test_ratio_is_value_over_floor_and_missing_without_either():
+    assert Figure("x", 30.0, "images/s", floor=40.0).ratio == pytest.approx(0.75)
+    assert Figure("x", None, "images/s", floor=40.0).ratio is None
+    assert Figure("x", 30.0, "images/s").ratio is None
+    assert Figure("x", 30.0, "images/s", floor=0.0).ratio is None
+
+
+def test_targets_judge_the_ratio_or_the_value():
+    assert Figure("pipeline_1_worker", 90, "images/s", floor=100).as_dict()["met"] is True
+    assert Figure("pipeline_1_worker", 80, "images/s", floor=100).as_dict()["met"] is False
+    assert Figure("latency_p95", 1.0, "s").as_dict()["met"] is True
+    assert Figure("latency_p95", 1.01, "s").as_dict()["met"] is False
+    assert Figure("consumer_peak_rss_mb", 400, "MB").as_dict()["met"] is False  # strictly below
+    assert Figure("latency_p95", None, "s", note="failed: x").as_dict()["met"] is None
+    assert Figure("decode_floor", 5, "images/s").as_dict()["met"] is None  # no target
+    assert Target("ratio", ">=", 50).text() == ">= 50"
+    assert Target("value", "<", 400).text("MB") == "< 400 MB"
+
+
+def test_every_target_of_the_issue_is_there():
+    assert {name: (t.of, t.op, t.threshold) for name, t in TARGETS.items()} == {
+        "pipeline_1_worker": ("ratio", ">=", 0.85), "pipeline_2_workers": ("ratio", ">=", 0.85),
+        "latency_p95": ("value", "<=", 1.0), "indexing_batched": ("ratio", ">=", 50),
+        "producer": ("ratio", ">=", 0.7), "processing_floor": ("ratio", ">=", 0.5),
+        "consumer_peak_rss_mb": ("value", "<", 400)}
+
+
+def test_table_shows_each_figure_with_its_target_and_verdict_in_issue_order():
+    figures = [Figure("latency_p95", 1.5, "s"), Figure("custom", 3, "x"),
+               Figure("decode_floor", 100.0, "images/s"),
+               Figure("processing_floor", 60.0, "images/s", floor=100.0, floor_name="decode_floor")]
+    assert [f.name for f in ordered(figures)] == ["decode_floor", "processing_floor", "latency_p95", "custom"]
+    lines = table(figures).splitlines()
+    row = {line.split()[0]: line for line in lines[2:]}
+    assert "ratio >= 0.5" in row["processing_floor"] and row["processing_floor"].rstrip().endswith("yes")
+    assert "value <= 1 s" in row["latency_p95"] and row["latency_p95"].rstrip().endswith("NO")
+    assert "0.6" in row["processing_floor"]
+
+
+# --- the harness against the real stack -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick(stack, tmp_path_factory):
+    """One `python -m bench --quick` run for the whole module: (process, results, run prefix)."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    process = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-progress"],
+                             env={**os.environ, **to_env(stack)}, cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=600)
+    match = re.search(r"this run's names start with (bench-[0-9a-f]{8})", process.stderr)
+    results = json.loads(out.read_text()) if out.exists() else None
+    return process, results, match.group(1) if match else None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_quick_run_exits_0_and_prints_the_table(quick):
+    process, results, _ = quick
+    assert process.returncode == 0, process.stderr[-3000:]
+    header = process.stdout.splitlines()[0].split()
+    assert header == ["figure", "value", "unit", "floor", "ratio", "target", "met"]
+    for name in FIGURE_ORDER:
+        assert re.search(rf"^{name}\s", process.stdout, re.M), name
+    assert "Traceback" not in process.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_results_json_is_a_list_of_every_figure_in_the_documented_shape(quick):
+    _, results, _ = quick
+    assert isinstance(results, list)
+    assert [f["name"] for f in results] == list(FIGURE_ORDER)
+    for figure in results:
+        assert KEYS <= set(figure), figure["name"]
+        assert isinstance(figure["unit"], str) and figure["unit"]
+        if figure["name"] == "mapreduce_hadoop":  # --quick leaves Java out
+            assert figure["value"] is None and figure["note"].startswith("skipped")
+            continue
+        assert figure["value"] is not None, figure
+        assert figure["value"] >= 0 if figure["name"].startswith("faces") else figure["value"] > 0, figure
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ratio_is_value_over_a_floor_measured_in_the_same_run(quick):
+    _, results, _ = quick
+    by_name = {f["name"]: f for f in results}
+    for figure in results:
+        if figure["floor"] is None or figure["value"] is None:
+            assert figure["ratio"] is None
+            continue
+        assert figure["ratio"] == pytest.approx(figure["value"] / figure["floor"], rel=0.01)
+        if figure["name"] in FLOORS:
+            assert figure["floor"] == pytest.approx(by_name[FLOORS[figure["name"]]]["value"], rel=0.001)
+    processing = by_name["processing_floor"]["value"]
+    assert by_name["pipeline_1_worker"]["floor"] == pytest.approx(processing, rel=0.001)
+    assert by_name["pipeline_2_workers"]["floor"] == pytest.approx(2 * processing, rel=0.001)
+    for name in ("decode_floor", "latency_p50", "latency_p95", "consumer_peak_rss_mb"):
+        assert by_name[name]["floor"] is None and by_name[name]["ratio"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_targets_and_verdicts_are_next_to_their_figures(quick):
+    _, results, _ = quick
+    for figure in results:
+        target = TARGETS.get(figure["name"])
+        if target is None:
+            assert figure["target"] is None and figure["met"] is None
+            continue
+        assert figure["target"].startswith(target.op) and figure["target_of"] == target.of
+        subject = figure["ratio"] if target.of == "ratio" else figure["value"]
+        assert isinstance(figure["met"], bool)
+        assert figure["met"] == Target(target.of, target.op, target.threshold).met(
+            Figure(figure["name"], figure["value"], figure["unit"], floor=figure["floor"])), figure
+        assert subject is not None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_every_image_is_accounted_for_and_the_pipeline_rejects_what_processing_rejects(quick):
+    _, results, _ = quick
+    by_name = {f["name"]: f for f in results}
+    images = by_name["processing_floor"]["detail"]["images"]
+    rejected = by_name["processing_floor"]["detail"]["rejected_by_guard_or_decoder"]
+    assert by_name["decode_floor"]["detail"]["images"] == images
+    for name in ("pipeline_1_worker", "pipeline_2_workers"):
+        detail = by_name[name]["detail"]
+        assert detail["images"] == images
+        assert detail["indexed"] + detail["dead_lettered"] == images
+        assert detail["dead_lettered"] == rejected  # the same bytes, the same verdicts
+    memory = by_name["consumer_peak_rss_mb"]["detail"]
+    assert len(memory["decompression_bombs"]) >= 3
+    assert memory["dead_letter_reasons"].get("guard", 0) >= 3  # the bombs never reached the decoder
+    assert by_name["faces_astronaut"]["detail"]["expected"] == 1
+    assert by_name["faces_face_photos"]["detail"]["photos"] >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_run_deletes_its_topics_indexes_and_objects(quick, stack):
+    from confluent_kafka.admin import AdminClient
+
+    from imgpipe.clients import kafka_base_config, meili_client, s3_client
+
+    _, _, prefix = quick
+    assert prefix, "the run names its prefix on stderr"
+    topics = AdminClient(kafka_base_config(stack)).list_topics(timeout=10).topics
+    assert [t for t in topics if t.startswith(prefix)] == []
+    indexes = meili_client(stack).get_indexes({"limit": 1000})["results"]
+    assert [i.uid for i in indexes if i.uid.startswith(prefix.replace("-", "_"))] == []
+    listed = s3_client(stack).list_objects_v2(Bucket=stack.s3_bucket, Prefix=prefix + "/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--photos", "0"], "error: --photos must be at least 1"),
+    (["--profile"], "error: --profile writes its reports next to the logs: give --keep-logs DIR too"),
+])
+def test_a_user_mistake_is_one_line_and_exit_2(args, message):
+    process = subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert process.returncode == 2
+    assert process.stderr.strip() == message
+    assert process.stdout == ""
