@@ -47,7 +47,7 @@ class Settings:
     meili_index: str = "image_metadata"
     # Consumer
     consumer_batch_size: int = 200
-    consumer_batch_ms: int = 500
+    consumer_batch_ms: int = 100
     consumer_workers: int = 0  # 0 means one per CPU core
     max_object_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
