@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         # (and after load_settings, which puts MAX_IMAGE_PIXELS from .env into the environment):
         # OpenCV reads its own pixel limit, our second line of defence, only once, at import.
         from consumer.loop import BatchConsumer
+        from imgpipe.retry import Stopped
 
         import cv2
 
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                  settings.kafka_consumer_group, workers, settings.meili_index)
         try:
             stats = runner.run()
+        except Stopped:
+            # Stopped while a service was still down during start-up: nothing was consumed.
+            print("consumer: stopped before start-up finished (a service was unreachable)", file=sys.stderr)
+            return cli.EXIT_OK
         finally:
             bar.close()
         summary = stats.as_dict()

@@ -189,3 +189,13 @@ def test_two_consumers_one_killed_the_survivor_completes_the_index(settings, tmp
     text = finish(survivor, survivor_log, timeout=240)
     assert "assigned" in text
     assert_exactly(settings, keys)
+
+
+def test_sigterm_while_meilisearch_is_unreachable_at_start_up_exits_cleanly(settings, tmp_path):
+    unreachable = settings.with_overrides(meili_url="http://127.0.0.1:9")  # discard port: nothing listens
+    log = tmp_path / "consumer.log"
+    proc = start_script("consumer/image_consumer.py", ["--no-progress"], unreachable, log)
+    wait_for(lambda: "unreachable" in log.read_text(), 60, "the retry warning")
+    proc.send_signal(signal.SIGTERM)
+    text = finish(proc, log, timeout=60)
+    assert "stopped before start-up finished" in text and "Traceback" not in text
