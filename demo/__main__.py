@@ -62,8 +62,10 @@ def print_summary(report, settings) -> None:
         ("documents in the index", f"{report.index_documents}"),
         ("dead-lettered", f"{report.dead_lettered}"),
         ("throughput", num(report.images_per_second, " images/s", 1)),
-        ("latency produce -> searchable, p50", num(report.latency_p50_s, " s")),
-        ("latency produce -> searchable, p95", num(report.latency_p95_s, " s")),
+        # Every event is produced at once, so this includes waiting in the backlog;
+        # `make bench` measures it at a steady rate.
+        ("latency produce -> searchable, p50 (backlog)", num(report.latency_p50_s, " s")),
+        ("latency produce -> searchable, p95 (backlog)", num(report.latency_p95_s, " s")),
         ("MapReduce", f"{report.mapreduce_runner} runner, {report.mapreduce_seconds:.1f} s"),
     ]
     print("\n" + "=" * 72)

@@ -42,9 +42,19 @@ def settings(stack: Settings, unique: str) -> Settings:
         kafka_topic_partitions=3)
     ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
     yield isolated
-    from imgpipe.clients import meili_client
+    from confluent_kafka.admin import AdminClient
+
+    from imgpipe.clients import kafka_base_config, meili_client
 
     try:
         meili_client(isolated).delete_index(isolated.meili_index)
-    except Exception:  # the test may never have created it
+    except Exception:  # the test may never have created it, or stopped MeiliSearch
+        pass
+    try:
+        admin = AdminClient(kafka_base_config(isolated))  # must outlive the futures below
+        futures = admin.delete_topics([isolated.kafka_topic, isolated.kafka_dead_letter_topic],
+                                      operation_timeout=10)
+        for future in futures.values():
+            future.result(timeout=15)
+    except Exception:  # clean-up only: a broker restarted by the test may still be busy
         pass
