@@ -57,3 +57,9 @@ def test_the_search_key_cannot_read_documents_or_manage_keys(settings):
     with pytest.raises(meilisearch.errors.MeilisearchApiError) as err:
         client.get_keys()
     assert err.value.status_code in (401, 403)
+
+
+@pytest.mark.integration
+def test_indexing_uses_the_admin_key_and_reading_the_search_key(stack):
+    assert stack.meili_admin_key and stack.indexing_key == stack.meili_admin_key != stack.meili_master_key
+    assert stack.meili_search_key and stack.reading_key == stack.meili_search_key
