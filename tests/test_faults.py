@@ -52,11 +52,11 @@ def finish(proc, log_path, timeout: float = 180) -> str:
 
 
 def test_kill_9_mid_batch_then_restart_indexes_exactly_m(settings, tmp_path):
-    keys = put_images(settings, 48)
+    keys = put_images(settings, 64)
     produce_all(settings)
     log = tmp_path / "consumer.log"
     proc = start_script("consumer/image_consumer.py", SLOW, settings, log)
-    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches")
+    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert document_count(settings) < len(keys), "the consumer finished before it was killed"
@@ -76,7 +76,7 @@ def test_meilisearch_down_for_15_seconds_loses_nothing_and_dead_letters_nothing(
     proc = start_script("consumer/image_consumer.py",
                         SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], settings, log)
     try:
-        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches")
+        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
         meili.stop()
         time.sleep(15)
     finally:
@@ -136,7 +136,7 @@ def test_s3_unreachable_for_a_while_is_retried_and_nothing_is_committed_past_it(
     proc = start_script("consumer/image_consumer.py",
                         SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], through_proxy, log)
     try:
-        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches")
+        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
         proxy.disable()
         time.sleep(3)
         stalled_docs, stalled_commits = document_count(settings), committed_total(settings)
@@ -153,11 +153,11 @@ def test_s3_unreachable_for_a_while_is_retried_and_nothing_is_committed_past_it(
 
 
 def test_sigterm_finishes_the_batch_in_flight_and_a_restart_reprocesses_nothing(settings, tmp_path):
-    keys = put_images(settings, 48)
+    keys = put_images(settings, 64)
     produce_all(settings)
     log, first = tmp_path / "consumer.log", tmp_path / "first.json"
     proc = start_script("consumer/image_consumer.py", SLOW + ["--summary-json", str(first)], settings, log)
-    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches")
+    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
     proc.send_signal(signal.SIGTERM)
     finish(proc, log, timeout=60)
     before = json.loads(first.read_text())
@@ -183,7 +183,7 @@ def test_two_consumers_one_killed_the_survivor_completes_the_index(settings, tmp
     victim = start_script("consumer/image_consumer.py", args, fast_group, tmp_path / "victim.log")
     survivor_log = tmp_path / "survivor.log"
     survivor = start_script("consumer/image_consumer.py", args, fast_group, survivor_log)
-    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches")
+    wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     text = finish(survivor, survivor_log, timeout=240)
