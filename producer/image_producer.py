@@ -83,6 +83,7 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
              state: SentState | None, show_progress: bool | None, rate: float | None = None) -> tuple[int, int]:
     """Send events for one listing; returns (delivered, failed)."""
     missing = 0
+    seen = None
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
     sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
                          track_delivered=state is not None)
@@ -90,14 +91,18 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
         source = head_objects(s3, bucket, keys) if keys else list_objects(s3, bucket, prefix)
         queued = 0
         started = time.monotonic()
+        seen: set[str] | None = set() if state is not None and not keys else None
         for obj in s3_errors_explained(source, bucket):
             if isinstance(obj, str):
                 log.error("%s", obj)
                 missing += 1
                 continue
+            if seen is not None:
+                seen.add(obj["Key"])
             if state is not None and not state.is_new(obj):
                 continue
             if limit is not None and queued >= limit:
+                seen = None  # the listing was cut short: it cannot tell what was deleted
                 break
             if rate:
                 # Pace against the start of the pass, so a slow moment is caught up on, not lost.
@@ -113,6 +118,8 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
     for error in report.errors:
         log.error("delivery failed: %s", error)
     if state is not None:
+        if seen is not None:
+            state.forget_all_but(seen)  # deleted objects: keep the state file small
         for key, etag in report.delivered_keys:
             state.mark(key, etag)
         state.save()

@@ -60,6 +60,9 @@ class SentState:
     def is_new(self, obj: dict) -> bool:
         return self.sent.get(obj["Key"]) != str(obj.get("ETag", "")).strip('"')
 
+    def forget_all_but(self, keys: set[str]) -> None:
+        self.sent = {k: v for k, v in self.sent.items() if k in keys}
+
     def mark(self, key: str, etag: str) -> None:
         self.sent[key] = etag.strip('"')
 

@@ -196,3 +196,10 @@ def test_watch_mode_sends_new_objects_and_resends_nothing_after_a_restart(settin
     watch_until(lambda: len(json.loads(state.read_text())) == 3)
     keys = [json.loads(m.value())["key"].rsplit("/", 1)[-1] for m in read_topic(settings, settings.kafka_topic, 3)]
     assert sorted(keys) == ["w1.png", "w2.png", "w3.png"]
+
+    # A deleted object leaves the state file at the next full pass.
+    from imgpipe.clients import s3_client
+
+    s3_client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
+    watch_until(lambda: len(json.loads(state.read_text())) == 2)
+    assert sorted(k.rsplit("/", 1)[-1] for k in json.loads(state.read_text())) == ["w2.png", "w3.png"]
