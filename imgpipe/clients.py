@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from imgpipe.errors import InfrastructureError
+from imgpipe.errors import InfrastructureError, UserError
 from imgpipe.settings import Settings
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection refused, ...) go through Python logging, not raw stderr.
+_RDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 def kafka_base_config(settings: Settings) -> dict:
@@ -20,7 +22,7 @@ def producer_config(settings: Settings, **overrides) -> dict:
     # librdkafka defaults to idempotence off: turn it on so broker retries cannot duplicate
     # or reorder events, and wait for all in-sync replicas.
     config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20,
-                   "compression.type": "lz4"})
+                   "compression.type": "lz4", "logger": _RDKAFKA_LOG})
     config.update(overrides)
     return config
 
@@ -33,6 +35,7 @@ def consumer_config(settings: Settings, group_id: str | None = None, **overrides
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
         "partition.assignment.strategy": "cooperative-sticky",
+        "logger": _RDKAFKA_LOG,
     }
     config.update(settings.kafka_client_config)
     config.update({
@@ -69,6 +72,24 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int | None 
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise InfrastructureError("kafka", f"cannot create topic {topic}: {exc}") from None
+
+
+def check_topic(settings: Settings, topic: str, timeout: float = 10.0) -> None:
+    """Fail fast, with one clear line, when the broker is unreachable or the topic is missing,
+    instead of letting librdkafka queue messages for minutes."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**kafka_base_config(settings), "logger": _RDKAFKA_LOG})
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise InfrastructureError("kafka", f"cannot reach {settings.kafka_bootstrap_servers} within "
+                                  f"{timeout:.0f} s ({exc.args[0].str()})") from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise UserError(f"Kafka topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
+                        "(`make up` creates it locally; on a real cluster create it or set KAFKA_TOPIC)")
 
 
 def s3_client(settings: Settings, max_attempts: int = 3):

@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgpipe import cli
-from imgpipe.clients import s3_client
+from imgpipe.clients import check_topic, s3_client
 from imgpipe.errors import InfrastructureError, UserError
 from imgpipe.events import event_for_object
 from imgpipe.settings import Settings, load_settings
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
+        check_topic(settings, settings.kafka_topic)
         s3 = s3_client(settings)
         if args.watch is None:
             started = time.monotonic()

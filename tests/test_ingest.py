@@ -203,3 +203,14 @@ def test_watch_mode_sends_new_objects_and_resends_nothing_after_a_restart(settin
     s3_client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
     watch_until(lambda: len(json.loads(state.read_text())) == 2)
     assert sorted(k.rsplit("/", 1)[-1] for k in json.loads(state.read_text())) == ["w2.png", "w3.png"]
+
+
+def test_producer_fails_fast_with_one_line_when_kafka_is_unreachable_or_the_topic_missing(settings):
+    upload(settings, {"a.png": b"x"})
+    unreachable = run_script("producer/image_producer.py", ["--no-progress"],
+                             settings.with_overrides(kafka_bootstrap_servers="127.0.0.1:9"), timeout=60)
+    assert unreachable.returncode == 1
+    assert "error: kafka: cannot reach 127.0.0.1:9" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    missing = run_script("producer/image_producer.py", ["--no-progress", "--topic", f"{settings.kafka_topic}-nope"],
+                         settings, timeout=60)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
