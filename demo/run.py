@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgpipe import cli
 from imgpipe.settings import REPO_ROOT, Settings, to_env
 
 
@@ -119,8 +120,10 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     print(f"\n==> seeding {count} demo images into s3://{settings.s3_bucket}/{settings.s3_raw_prefix}",
           file=sys.stderr, flush=True)
     started = time.monotonic()
-    items = build_corpus(count, seed=seed)
-    report.uploaded = upload_corpus(settings, items)
+    with cli.progress(count, "generate", unit="img") as bar:
+        items = build_corpus(count, seed=seed, on_item=lambda: bar.update(1))
+    with cli.progress(len(items), "upload", unit="img") as bar:
+        report.uploaded = upload_corpus(settings, items, on_item=lambda: bar.update(1))
     report.steps.append(("seed corpus", time.monotonic() - started))
 
     producer_summary = out / "producer_summary.json"
