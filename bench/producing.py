@@ -99,6 +99,7 @@ def producer_figure(settings: Settings, count: int, topic_prefix: str, rounds: i
                     detail={"messages": count, "rounds": rounds, "value_bytes": len(messages[0][1]),
                             "messages_per_second": {name: round(count / seconds) for name, seconds in best.items()},
                             "producer_config": {k: v for k, v in producer_config(settings).items()
-                                                if k != "bootstrap.servers" and k not in settings.kafka_client_config},
+                                                if k != "bootstrap.servers" and k not in settings.kafka_client_config
+                                                and isinstance(v, (str, int, float, bool))},
                             "partitions": settings.kafka_topic_partitions})
     return figure
