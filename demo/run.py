@@ -6,6 +6,7 @@ checks the numbers they report against each other at the end.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,18 +50,12 @@ def run_step(name: str, args: list[str], settings: Settings, report: DemoReport,
     """Run one script; its progress bars and summary go straight to the terminal."""
     print(f"\n==> {name}: {' '.join(args)}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env={**_base_env(), **to_env(settings)},
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env={**os.environ, **to_env(settings)},
                             stdout=subprocess.PIPE if capture else None, text=True)
     report.steps.append((name, time.monotonic() - started))
     if result.returncode != 0:
         raise StepFailed(name, f"exit status {result.returncode}")
     return result.stdout or ""
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def dead_letter_offsets(settings: Settings) -> dict[int, int]:

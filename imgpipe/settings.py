@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
@@ -73,8 +73,6 @@ class Settings:
         return self.meili_search_key or self.indexing_key
 
     def with_overrides(self, **changes) -> "Settings":
-        from dataclasses import replace
-
         return replace(self, **changes)
 
 
@@ -202,17 +200,6 @@ def load_settings(env_file: Path | None = None, require_meili_key: bool = False)
         raise SettingsError("invalid settings:\n  - MEILI_MASTER_KEY (or MEILI_ADMIN_KEY) is not set; "
                             "`make up` generates one for the local stack")
     return settings
-
-
-def describe(settings: Settings) -> list[tuple[str, str]]:
-    """(variable, value) pairs for display, with secrets masked."""
-    secret = {"meili_master_key", "meili_admin_key", "meili_search_key", "kafka_client_config"}
-    rows = []
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        shown = ("(set)" if value else "(empty)") if f.name in secret else str(value)
-        rows.append((ENV_VAR_OF.get(f.name, f.name), shown))
-    return rows
 
 
 def to_env(settings: Settings) -> dict[str, str]:

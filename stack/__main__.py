@@ -81,17 +81,6 @@ def print_status(rows: list[Status]) -> None:
     print(tabulate(table, headers=["service", "url", "pid", "run by", "health", "detail"]))
 
 
-def up(settings: Settings) -> int:
-    rows = []
-    for service in all_services(settings):
-        log.info("starting %s at %s", service.name, service.url)
-        rows.append(service.start())
-    if settings.meili_master_key:
-        ensure_api_keys(settings)
-    print_status(rows)
-    return 0 if all(r.healthy for r in rows) else 1
-
-
 def down(settings: Settings) -> int:
     for service in reversed(all_services(settings)):
         if service.stop():
@@ -117,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def body() -> int:
-        if args.command == "up":
-            ensure_env_file()
-        settings = load_settings()
         try:
-            return {"up": up, "status": status, "down": down}[args.command](settings)
+            if args.command == "up":
+                settings, _ = ensure_running()
+                return status(settings)
+            return {"status": status, "down": down}[args.command](load_settings())
         except StackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgpipe.settings import ENV_VARS, Settings, SettingsError, describe, settings_from_mapping, to_env
+from imgpipe.settings import ENV_VARS, Settings, SettingsError, settings_from_mapping, to_env
 
 
 def test_defaults_are_the_local_stack():
@@ -24,10 +24,10 @@ def test_every_problem_is_listed_in_one_error():
     assert "short" not in text  # the key's value is never echoed
 
 
-def test_secrets_are_hidden_from_repr_and_describe():
+def test_secrets_are_hidden_from_repr():
     settings = settings_from_mapping({"MEILI_MASTER_KEY": "m" * 32, "MEILI_SEARCH_KEY": "s" * 32,
                                       "KAFKA_CLIENT_CONFIG": '{"sasl.password": "hunter2hunter2"}'})
-    shown = repr(settings) + str(describe(settings))
+    shown = repr(settings)
     assert "m" * 32 not in shown and "s" * 32 not in shown and "hunter2" not in shown
 
 

@@ -2,6 +2,7 @@
 and down leaves no process behind."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_up_is_idempotent_and_down_leaves_nothing_running(stack, tmp_path):
         "MEILI_ADMIN_KEY": "", "MEILI_SEARCH_KEY": ""})
     # Reuse the session's MeiliSearch binary instead of fetching it again.
     meili_binary = str(stack.local_state_dir / "bin" / "meilisearch")
-    env = {**__import__("os").environ, **to_env(private), "MEILI_BINARY": meili_binary}
+    env = {**os.environ, **to_env(private), "MEILI_BINARY": meili_binary}
 
     env_file = REPO_ROOT / ".env"
     env_file_before = env_file.read_bytes()
