@@ -18,11 +18,6 @@ Exit status: 0 every figure measured (targets met or not), 1 some step failed,
 """
 from __future__ import annotations
 
-# The consumer's guard sets OPENCV_IO_MAX_IMAGE_PIXELS, which OpenCV reads once when it is
-# first imported: it must come before anything imports cv2, or decoding a bomb in the
-# decode floor would allocate gigabytes.
-from consumer import imageguard  # noqa: F401  isort: skip
-
 import argparse
 import importlib.util
 import sys
@@ -86,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> int:
-        from stack.__main__ import ensure_running
+        from consumer.imageguard import apply_decoder_limits
+        from stack.lifecycle import ensure_running
         from stack.services import StackError
-
-        from bench.figures import table, write_results
-        from bench.run import Bench
 
         config = config_from(args)
         if args.profile and not args.keep_logs:
@@ -102,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         except StackError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return cli.EXIT_FAILURES
+        # Before cv2 loads: the decode floor decodes the corpus's bombs with bare cv2.imdecode,
+        # which only OpenCV's own ceiling stops from allocating gigabytes.
+        apply_decoder_limits(settings.max_image_pixels)
+        from bench.figures import table, write_results
+        from bench.run import Bench
+
         if started:
             print(f"started {', '.join(s.name for s in started)} (still running afterwards; `make down` stops them)",
                   file=sys.stderr)

@@ -27,7 +27,7 @@ QUICK = CorpusSpec(photos=6, photo_size=(320, 240), small=2, demo_count=30)
 
 
 def _small_item(seed: int, i: int) -> Item:
-    from imgpipe.samples import photo_like_jpeg, photo_like_pil, pil_bytes
+    from fixtures.images import photo_like_jpeg, photo_like_pil, pil_bytes
 
     width, height = ((800, 600), (640, 480), (480, 640), (320, 240))[i % 4]
     if i % 5 == 4:  # one in five is a PNG: lossless decoding costs differently
@@ -44,10 +44,10 @@ def face_photos(demo_count: int, seed: int) -> list[Item]:
 
 
 def awkward_items() -> list[Item]:
-    """imgpipe.samples' awkward and broken files (two decompression bombs among them) and the
+    """fixtures.images' awkward and broken files (two decompression bombs among them) and the
     demo corpus's 30000x30000 PNG bomb."""
     from demo.corpus import BROKEN_FILES
-    from imgpipe.samples import awkward_samples
+    from fixtures.images import awkward_samples
 
     items = [(f"awkward/{name}", data) for name, (data, _) in awkward_samples().items()]
     items.append(("awkward/decompression-bomb-30000x30000.png", BROKEN_FILES["broken/decompression-bomb.png"](0)))
@@ -56,7 +56,7 @@ def awkward_items() -> list[Item]:
 
 def build(spec: CorpusSpec, threads: int = 2) -> list[Item]:
     """(key, bytes) of the whole corpus, the same bytes for the same spec."""
-    from imgpipe.samples import photo_like_jpeg
+    from fixtures.images import photo_like_jpeg
 
     width, height = spec.photo_size
 

@@ -1,7 +1,7 @@
 """`indexing_batched`: the consumer's Indexer (one request per batch, wait for the task) against
 one request per document with a wait for each task, as naive code does.
 
-Both write the same documents (mapreduce.sample_data, every field of the real document) into
+Both write the same documents (fixtures.documents, every field of the real document) into
 a fresh index with the pipeline's index settings, and both poll task status every 20 ms (the
 Indexer's interval), so the ratio is what batching is worth and nothing else.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from imgpipe.clients import meili_client
+from imgpipe import meili
 from imgpipe.document import INDEX_SETTINGS
 from imgpipe.settings import Settings
 
@@ -20,7 +20,7 @@ POLL_MS = 20
 
 
 def _fresh_index(settings: Settings, name: str):
-    client = meili_client(settings)
+    client = meili.client(settings)
     client.wait_for_task(client.create_index(name, {"primaryKey": "id"}).task_uid, interval_in_ms=POLL_MS)
     index = client.index(name)
     client.wait_for_task(index.update_settings(INDEX_SETTINGS).task_uid, interval_in_ms=POLL_MS)
@@ -60,14 +60,14 @@ def indexing_figure(settings: Settings, count: int, naive_count: int, index_pref
     """Batched against one-per-request, alternating, best of `rounds` each. The naive floor runs
     on the first `naive_count` of the same documents (at ~20-30 documents/s, all of them would
     take minutes); MeiliSearch is shared with whoever else uses the machine, hence best-of."""
-    from mapreduce.sample_data import sample_documents
+    from fixtures.documents import sample_documents
 
     documents = sample_documents(count, seed=11)
     names = index_names(index_prefix, rounds)
     batched = naive = float("inf")
     for batched_index, naive_index in zip(names[0::2], names[1::2]):
         batched = min(batched, batched_seconds(settings, batched_index, documents))
-        stats = meili_client(settings).index(batched_index).get_stats()
+        stats = meili.client(settings).index(batched_index).get_stats()
         if stats.number_of_documents != count:
             raise RuntimeError(f"batched indexing: {batched_index} holds {stats.number_of_documents} of {count} "
                                "documents")

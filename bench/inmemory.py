@@ -9,12 +9,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from consumer import imageguard  # noqa: F401  (sets OPENCV_IO_MAX_IMAGE_PIXELS before cv2 loads)
+import cv2
+import numpy as np
+
 from consumer.processing import ProcessingOptions, process_image
 from imgpipe.errors import MessageError
-
-import cv2  # isort: skip
-import numpy as np
 
 from bench.corpus import Item, is_face_photo, is_photo_like
 from bench.figures import Figure
@@ -41,7 +40,8 @@ def _decode(data: bytes) -> None:
 def decode_floor(items: list[Item], passes: int) -> Figure:
     # Without the pixel limit, the bombs in the corpus would make imdecode allocate gigabytes.
     if not os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"):
-        raise RuntimeError("OPENCV_IO_MAX_IMAGE_PIXELS is not set: import consumer.imageguard before cv2")
+        raise RuntimeError("OPENCV_IO_MAX_IMAGE_PIXELS is not set: call consumer.imageguard.apply_decoder_limits "
+                           "before cv2 loads")
     cv2.setNumThreads(1)
     # The broken files make libpng and libjpeg complain on stderr; the table is what matters.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

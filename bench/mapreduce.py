@@ -2,7 +2,7 @@
 
 Floors: `cut -d, -f<format> | LC_ALL=C sort | uniq -c` for the pipe (the least a shell can do
 to count one column), and the pipe runner for Hadoop (same scripts, no framework). The CSV
-comes from mapreduce.sample_data (plausible documents, every column) and is kept under
+comes from fixtures.documents (plausible documents, every column) and is kept under
 LOCAL_STATE_DIR/bench/, since a million rows take a while to write.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def sample_csv(rows: int, cache_dir: Path) -> Path:
     import hashlib
 
     code = b"".join((REPO_ROOT / name).read_bytes() for name in
-                    ("mapreduce/sample_data.py", "mapreduce/export_csv.py", "imgpipe/document.py"))
+                    ("fixtures/documents.py", "mapreduce/export_csv.py", "imgpipe/document.py"))
     path = cache_dir / f"image_metadata_{rows}_seed{SEED}_{hashlib.sha256(code).hexdigest()[:10]}.csv"
     if path.exists():
         return path
@@ -37,10 +37,10 @@ def sample_csv(rows: int, cache_dir: Path) -> Path:
     for stale in cache_dir.glob(f"image_metadata_{rows}_seed{SEED}*.csv"):
         stale.unlink()
     partial = path.with_suffix(".partial")
-    code = subprocess.run([sys.executable, "-m", "mapreduce.sample_data", "--rows", str(rows), "--out", str(partial),
+    code = subprocess.run([sys.executable, "-m", "fixtures.documents", "--rows", str(rows), "--out", str(partial),
                            "--seed", str(SEED)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
     if code != 0:
-        raise BenchError(f"mapreduce.sample_data exited with status {code}")
+        raise BenchError(f"fixtures.documents exited with status {code}")
     partial.replace(path)  # only a complete file gets the final name
     return path
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgpipe import kafka, meili
 from imgpipe.settings import REPO_ROOT, Settings, to_env
 
 
@@ -163,13 +164,11 @@ def consumer_args(workers: int, max_idle: float, summary_path: Path) -> list[str
 
 
 def check_consumed(settings: Settings, step: str, summary: dict, expected: int) -> None:
-    from imgpipe.clients import meili_client
-
     done = summary["indexed"] + summary["dead_lettered"]
     if done != expected:
         raise BenchError(f"{step}: the consumer indexed {summary['indexed']} and dead-lettered "
                          f"{summary['dead_lettered']} of {expected} events")
-    documents = meili_client(settings).index(settings.meili_index).get_stats().number_of_documents
+    documents = meili.document_count(settings, settings.meili_index)
     if documents != summary["indexed"]:
         raise BenchError(f"{step}: the index holds {documents} documents, the consumer indexed {summary['indexed']}")
 
@@ -179,10 +178,8 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     """Produce every event first, then drain the topic with one consumer of `workers` workers.
     Returns the consumer's summary plus `cpu` (where the CPU went while it ran) and
     `cpu_ms_per_image` (the consumer's over its busy span, each local service's over the run)."""
-    from imgpipe.clients import ensure_topics
-
     settings = names.settings(base, step)
-    ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
     produce_all(settings, work, step, expected)
     summary_path = work / f"{step}-consumer.json"
     meter = CpuMeter(base)
@@ -225,10 +222,8 @@ def latency_run(base: Settings, names: RunNames, step: str, workers: int, rate: 
                 max_idle: float, work: Path) -> dict:
     """A consumer waiting on an empty topic, then the producer at a steady `rate` for `count`
     events; returns the consumer's summary (latency: event_time -> index task succeeded)."""
-    from imgpipe.clients import ensure_topics
-
     settings = names.settings(base, step)
-    ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
     summary_path = work / f"{step}-consumer.json"
     log_path = work / f"{step}-consumer.log"
     consumer = start_script("consumer/image_consumer.py", consumer_args(workers, max_idle, summary_path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from imgpipe.clients import ensure_topics, kafka_base_config, producer_config
+from imgpipe import kafka
 from imgpipe.events import ImageEvent, utc_now_iso
 from imgpipe.settings import Settings
 
@@ -36,6 +36,8 @@ def bare_produce(config: dict, topic: str, messages: list[tuple[bytes, bytes]],
                  events: list[ImageEvent] | None = None) -> float:
     """Seconds to produce and flush `messages` with a plain Producer and `config`: the floor.
     With `events`, each value is encoded from its event inside the loop instead."""
+    # A plain librdkafka producer with just `config` is what the floor is, so it is built here
+    # rather than by imgpipe.kafka.producer (which adds the pipeline's own settings).
     from confluent_kafka import Producer
 
     producer = Producer(config)
@@ -83,11 +85,11 @@ def producer_figure(settings: Settings, count: int, topic_prefix: str, rounds: i
     events = sample_events(count, settings.s3_bucket)
     messages = [(e.key.encode("utf-8"), e.to_json()) for e in events]
     topics = [f"{topic_prefix}-bare", f"{topic_prefix}-sender"]
-    ensure_topics(settings, topics)
+    kafka.ensure_topics(settings, topics)
     loops = {
-        "bare": lambda: bare_produce(kafka_base_config(settings), topics[0], messages),
-        "bare + producer config": lambda: bare_produce(producer_config(settings), topics[0], messages),
-        "bare + JSON encoding": lambda: bare_produce(kafka_base_config(settings), topics[0], messages, events),
+        "bare": lambda: bare_produce(kafka.base_config(settings), topics[0], messages),
+        "bare + producer config": lambda: bare_produce(kafka.producer_config(settings), topics[0], messages),
+        "bare + JSON encoding": lambda: bare_produce(kafka.base_config(settings), topics[0], messages, events),
         "EventSender": lambda: sender_produce(settings, topics[1], events),
     }
     best = {name: float("inf") for name in loops}
@@ -98,7 +100,7 @@ def producer_figure(settings: Settings, count: int, topic_prefix: str, rounds: i
                     floor_name="bare produce loop",
                     detail={"messages": count, "rounds": rounds, "value_bytes": len(messages[0][1]),
                             "messages_per_second": {name: round(count / seconds) for name, seconds in best.items()},
-                            "producer_config": {k: v for k, v in producer_config(settings).items()
+                            "producer_config": {k: v for k, v in kafka.producer_config(settings).items()
                                                 if k != "bootstrap.servers" and k not in settings.kafka_client_config
                                                 and isinstance(v, (str, int, float, bool))},
                             "partitions": settings.kafka_topic_partitions})

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgpipe import kafka, meili, s3
 from imgpipe.errors import InfrastructureError
 from imgpipe.settings import Settings
 
@@ -265,34 +266,11 @@ class Bench:
                 log.warning("could not delete this run's %s: %s", what, exc)
 
     def _delete_indexes(self) -> None:
-        from meilisearch.errors import MeilisearchApiError
-
-        from imgpipe.clients import meili_client
-
-        client = meili_client(self.settings)
         for name in sorted(set(self._indexes)):
-            try:
-                client.delete_index(name)
-            except MeilisearchApiError:
-                pass  # never created
+            meili.delete_index(self.settings, name)
 
     def _delete_topics(self) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        from imgpipe.clients import kafka_base_config
-
-        admin = AdminClient(kafka_base_config(self.settings))
-        existing = admin.list_topics(timeout=10).topics
-        doomed = sorted(t for t in set(self._topics) if t in existing)
-        for future in admin.delete_topics(doomed, operation_timeout=30).values() if doomed else ():
-            future.result()
+        kafka.delete_topics(self.settings, self._topics)
 
     def _delete_objects(self) -> None:
-        from imgpipe.clients import s3_client
-
-        s3 = s3_client(self.settings)
-        paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.settings.s3_bucket, Prefix=self.names.s3_prefix):
-            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=self.settings.s3_bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_prefix(s3.client(self.settings), self.settings.s3_bucket, self.names.s3_prefix)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from imgpipe.clients import producer_config
+from imgpipe import kafka
 from imgpipe.errors import InfrastructureError, MessageError
 from imgpipe.events import MAX_EVENT_BYTES, utc_now_iso
 from imgpipe.retry import retry_until_stopped
@@ -32,11 +32,9 @@ def dead_letter_headers(msg, error: MessageError, attempts: int) -> list[tuple[s
 
 class DeadLetterWriter:
     def __init__(self, settings: Settings, stop: threading.Event):
-        from confluent_kafka import Producer
-
         self.topic = settings.kafka_dead_letter_topic
         self.stop = stop
-        self._producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+        self._producer = kafka.producer(settings, **{"linger.ms": 5})
         self._pending: list[tuple[bytes | None, bytes | None, list]] = []
         self._failed: list[tuple[bytes | None, bytes | None, list]] = []
 

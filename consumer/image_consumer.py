@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_overrides(**overrides)
         workers = settings.consumer_workers or os.cpu_count() or 1
 
-        # consumer.loop imports consumer.processing, which must come before the first `import cv2`
-        # (and after load_settings, which puts MAX_IMAGE_PIXELS from .env into the environment):
-        # OpenCV reads its own pixel limit, our second line of defence, only once, at import.
+        # Before anything decodes (and before cv2 loads, so OpenCV's own ceiling is ours too).
+        from consumer.imageguard import apply_decoder_limits
+
+        apply_decoder_limits(settings.max_image_pixels)
         from consumer.loop import BatchConsumer
         from imgpipe.retry import Stopped
 

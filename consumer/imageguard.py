@@ -5,8 +5,9 @@ are applied to the object and to the dimensions read from its header. The format
 from the first bytes, never taken from the key's extension.
 
 Pillow reads headers lazily (`Image.open` parses the header and stops), which makes it a
-well-kept header parser for all six formats. Its own bomb check is switched off because
-ours replaces it with the configured limit and a precise reason; nothing here decodes pixels.
+well-kept header parser for all six formats. Its own bomb check is switched off by
+`apply_decoder_limits`, because ours replaces it with the configured limit and a precise
+reason; nothing here decodes pixels.
 """
 from __future__ import annotations
 
@@ -21,29 +22,38 @@ from PIL import Image, UnidentifiedImageError
 
 from imgpipe.errors import MessageError
 
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-
 OPENCV_DEFAULT_MAX_IMAGE_PIXELS = 1 << 30
 OPENCV_MAX_SIDE = 1 << 20  # CV_IO_MAX_IMAGE_WIDTH / HEIGHT, fixed at build time
 
+# OpenCV's own pixel limit in this process, once apply_decoder_limits() has run.
+_opencv_max_image_pixels: int | None = None
 
-def _opencv_pixel_limit() -> int:
-    """Second line of defence: OpenCV refuses to decode more pixels than OPENCV_IO_MAX_IMAGE_PIXELS.
-    OpenCV reads it once, when cv2 is first imported, so it is set here, before cv2 is imported."""
+
+def apply_decoder_limits(max_image_pixels: int) -> int:
+    """Set the decoders' own limits in this process; call it before the first decode.
+
+    Pillow's bomb check is switched off: it would raise at twice its default of 89 MP whatever
+    MAX_IMAGE_PIXELS says, and the guard applies the configured limit with a precise reason.
+    OpenCV's ceiling (OPENCV_IO_MAX_IMAGE_PIXELS, a second line of defence) is set to
+    `max_image_pixels`; OpenCV reads it once, when cv2 loads, so in a process that has already
+    loaded cv2 the ceiling it read stays, and the guard rejects anything above it by name.
+    Returns OpenCV's ceiling in force.
+    """
+    global _opencv_max_image_pixels
+    Image.MAX_IMAGE_PIXELS = None
     preset = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "").strip()
     if "cv2" not in sys.modules and not preset:
-        configured = os.environ.get("MAX_IMAGE_PIXELS", "").strip()
-        preset = configured if configured.isdigit() else str(DEFAULT_MAX_IMAGE_PIXELS)
+        preset = str(max_image_pixels)
         os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = preset
-    return int(preset) if preset.isdigit() else OPENCV_DEFAULT_MAX_IMAGE_PIXELS
+    _opencv_max_image_pixels = int(preset) if preset.isdigit() else OPENCV_DEFAULT_MAX_IMAGE_PIXELS
+    return _opencv_max_image_pixels
 
 
-# The limit in force in this process; a header above it is rejected by the guard with a reason.
-OPENCV_MAX_IMAGE_PIXELS = _opencv_pixel_limit()
+def opencv_max_image_pixels() -> int:
+    if _opencv_max_image_pixels is None:
+        raise RuntimeError("consumer.imageguard.apply_decoder_limits() must run before images are decoded")
+    return _opencv_max_image_pixels
 
-# Our guard applies options.max_image_pixels instead (Pillow's check would raise at 2x its
-# default of 89 MP regardless of our setting, and only after the header was parsed anyway).
-Image.MAX_IMAGE_PIXELS = None
 
 SUPPORTED_FORMATS = ("jpeg", "png", "webp", "tiff", "bmp", "gif")
 _PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP", "gif": "GIF"}
@@ -192,12 +202,13 @@ def check_image(data: bytes, max_object_bytes: int, max_image_pixels: int) -> Im
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise MessageError("guard", f"truncated or corrupt {name} header ({detail})") from None
     _limit_pixels(width, height, fmt, max_image_pixels)
+    opencv_limit = opencv_max_image_pixels()
     if max(width, height) > OPENCV_MAX_SIDE:
         raise MessageError("guard", f"{width}x{height} declared in the {name} header: a side above "
                                     f"OpenCV's limit of {OPENCV_MAX_SIDE} px")
-    if width * height > OPENCV_MAX_IMAGE_PIXELS:
+    if width * height > opencv_limit:
         raise MessageError(
             "guard", f"{width}x{height} = {width * height / 1e6:.1f} megapixels, above "
-                     f"OPENCV_IO_MAX_IMAGE_PIXELS={OPENCV_MAX_IMAGE_PIXELS} (export MAX_IMAGE_PIXELS "
+                     f"OPENCV_IO_MAX_IMAGE_PIXELS={opencv_limit} (export MAX_IMAGE_PIXELS "
                      f"before the consumer starts to raise both)")
     return ImageHeader(fmt, width, height, mode, has_alpha, _orientation(image, fmt))

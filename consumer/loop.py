@@ -8,16 +8,11 @@ delivered again; documents have stable ids, so the redelivery replaces rather th
 from __future__ import annotations
 
 import logging
-import resource
-import statistics
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 
-from imgpipe.clients import consumer_config, ensure_topics, s3_client
+from imgpipe import kafka, s3
 from imgpipe.errors import InfrastructureError, MessageError
 from imgpipe.events import parse_event
 from imgpipe.retry import Stopped
@@ -26,6 +21,7 @@ from imgpipe.settings import Settings
 from consumer.deadletter import DeadLetterWriter
 from consumer.handler import ImageHandler
 from consumer.indexer import Indexer
+from consumer.stats import Stats
 from consumer.storage import ObjectStore
 
 log = logging.getLogger("consumer")
@@ -33,91 +29,6 @@ log = logging.getLogger("consumer")
 JOIN_WAIT_SECONDS = 60.0
 # Threads per processing slot: the extra ones wait on S3 while the others use the CPU.
 IO_THREADS_PER_WORKER = 4
-
-
-@dataclass
-class Stats:
-    consumed: int = 0
-    indexed: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    dead_letter_reasons: Counter = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)  # event_time -> searchable, seconds
-    started: float = field(default_factory=time.monotonic)
-    lag: int | None = None
-    # Monotonic times of the first message and of the last batch committed: the busy span,
-    # without start-up (index, topics, group join) or the idle tail before --max-idle-seconds.
-    first_message_at: float | None = None
-    last_committed_at: float | None = None
-    # CPU seconds of the whole process (all threads) at those two moments.
-    first_message_cpu: float | None = None
-    last_committed_cpu: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-    def rate(self) -> float:
-        return (self.indexed + self.dead_lettered) / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def active_seconds(self) -> float | None:
-        if self.first_message_at is None or self.last_committed_at is None:
-            return None
-        return self.last_committed_at - self.first_message_at
-
-    def active_rate(self) -> float | None:
-        """Images per second from the first message to the last commit (what bench/ measures)."""
-        busy = self.active_seconds
-        return (self.indexed + self.dead_lettered) / busy if busy else None
-
-    def latency(self, quantile: float) -> float | None:
-        if not self.latencies:
-            return None
-        if len(self.latencies) == 1:
-            return self.latencies[0]
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(quantile * 100) - 1]
-
-    def line(self) -> str:
-        lag = "?" if self.lag is None else str(self.lag)
-        return (f"consumed {self.consumed}, indexed {self.indexed}, dead-lettered {self.dead_lettered}, "
-                f"{self.rate():.1f} images/s, lag {lag}")
-
-    def as_dict(self) -> dict:
-        return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
-                "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
-                "active_seconds": _rounded(self.active_seconds, 3),
-                "active_images_per_second": _rounded(self.active_rate(), 2),
-                "active_cpu_seconds": (None if self.first_message_cpu is None or self.last_committed_cpu is None
-                                       else round(self.last_committed_cpu - self.first_message_cpu, 3)),
-                "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
-                "peak_rss_mb": round(peak_rss_mb(), 1)}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. On Linux from VmHWM: ru_maxrss also counts the
-    memory of the process that started us (fork/vfork + exec keeps its high-water mark), so a
-    consumer launched by a big parent would report the parent's peak as its own."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _seconds_since(iso_time: str, now: float) -> float | None:
-    try:
-        return now - datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
-    except (ValueError, AttributeError):
-        return None
 
 
 class BatchConsumer:
@@ -158,15 +69,13 @@ class BatchConsumer:
         return idle >= self.max_idle_seconds
 
     def run(self) -> Stats:
-        from confluent_kafka import Consumer
-
-        ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
-        store = ObjectStore(s3_client(self.settings), self.settings.s3_bucket, self.stop)
+        kafka.ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
+        store = ObjectStore(s3.client(self.settings), self.settings.s3_bucket, self.stop)
         handler = ImageHandler(self.settings, store, self.workers)
         indexer = Indexer(self.settings, self.stop)
         indexer.ensure_index()
         dead_letters = DeadLetterWriter(self.settings, self.stop)
-        consumer = Consumer(consumer_config(self.settings, **{"max.poll.interval.ms": 900_000}))
+        consumer = kafka.consumer(self.settings, **{"max.poll.interval.ms": 900_000})
         consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
         self._last_activity = time.monotonic()
@@ -202,10 +111,7 @@ class BatchConsumer:
         return False
 
     def _process_batch(self, consumer, pool, handler, indexer, dead_letters, messages) -> None:
-        if self.stats.first_message_at is None:
-            self.stats.first_message_at = time.monotonic()
-            self.stats.first_message_cpu = time.process_time()
-        self.stats.consumed += len(messages)
+        self.stats.batch_started(len(messages))
         outcomes: list[object] = [None] * len(messages)  # a document or a MessageError, in message order
         futures = {}
         for i, msg in enumerate(messages):
@@ -235,11 +141,6 @@ class BatchConsumer:
         documents = [o for o in outcomes if isinstance(o, dict)]
         if documents:
             indexer.add(documents)
-            now = time.time()
-            for doc in documents:
-                latency = _seconds_since(doc.get("event_time", ""), now)
-                if latency is not None:
-                    self.stats.latencies.append(latency)
         for msg, outcome in zip(messages, outcomes):
             if isinstance(outcome, MessageError):
                 log.info("dead-letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), outcome)
@@ -247,25 +148,18 @@ class BatchConsumer:
                 self.stats.dead_letter_reasons[outcome.stage] += 1
         written = dead_letters.flush()
         self._commit(consumer, messages)
-        self.stats.indexed += len(documents)
-        self.stats.dead_lettered += written
-        self.stats.batches += 1
-        self.stats.last_committed_at = time.monotonic()
-        self.stats.last_committed_cpu = time.process_time()
+        self.stats.batch_committed(documents, written)
         if self.on_batch:
             self.on_batch(len(messages))
 
     def _commit(self, consumer, messages) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
         next_offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
             key = (msg.topic(), msg.partition())
             next_offsets[key] = max(next_offsets.get(key, 0), msg.offset() + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
+            kafka.commit(consumer, next_offsets)
+        except kafka.KafkaError as exc:
             # The group moved on (rebalance): another member will get these messages again and
             # replace the same documents. At-least-once, never lost.
             log.warning("commit failed (%s); the batch may be delivered again", exc)

@@ -3,7 +3,9 @@
 No network, no Kafka, no S3: `process_image(data)` is what the consumer loop calls for each
 object, and what the tests and benchmarks call directly.
 
-Every input passes the guard (consumer.imageguard) before any pixel is decoded. A JPEG is then
+Every input passes the guard (consumer.imageguard) before any pixel is decoded; the process
+must have called `imageguard.apply_decoder_limits` first (the guard refuses to run otherwise),
+best before cv2 is loaded, so that OpenCV's own ceiling is the configured one. A JPEG is then
 decoded straight at the smallest scale (1/1, 1/2, 1/4 or 1/8, done inside libjpeg) that still
 covers every output; other formats decode at full size. Entropy decoding dominates the cost and
 no scale skips it, so a 1280x960 photo (its 1024 px grayscale version needs full resolution)
@@ -25,11 +27,12 @@ import re
 import threading
 from dataclasses import dataclass
 
-from consumer import imageguard  # sets OPENCV_IO_MAX_IMAGE_PIXELS, so it must come before cv2
-from imgpipe.errors import InfrastructureError, MessageError
-
-import cv2  # isort: skip  (after imageguard on purpose)
+import cv2
 import numpy as np
+
+from consumer import imageguard
+from imgpipe.errors import InfrastructureError, MessageError
+from imgpipe.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +68,16 @@ _JPEG_REDUCED = {
 _ORIENTED_BY_US = {"png", "webp"}
 
 
+_DEFAULTS = Settings()  # the one place processing defaults live
+
+
 @dataclass(frozen=True)
 class ProcessingOptions:
-    thumbnail_size: int = 256  # longest side of the thumbnail
-    max_image_pixels: int = 100_000_000
-    max_object_bytes: int = 50 * 1024 * 1024
-    face_detection: bool = True
-    grayscale_max_size: int = 1024  # longest side of the grayscale version; 0 = full size
+    thumbnail_size: int = _DEFAULTS.thumbnail_size  # longest side of the thumbnail
+    max_image_pixels: int = _DEFAULTS.max_image_pixels
+    max_object_bytes: int = _DEFAULTS.max_object_bytes
+    face_detection: bool = _DEFAULTS.face_detection
+    grayscale_max_size: int = _DEFAULTS.grayscale_max_size  # longest side of the grayscale version; 0 = full
 
     def __post_init__(self):
         if self.thumbnail_size < 1 or self.grayscale_max_size < 0:
@@ -101,6 +107,7 @@ def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions())
     raises anything else because of the input bytes. InfrastructureError only if OpenCV's
     face cascade cannot be loaded (a broken installation, not a bad image).
     """
+    imageguard.opencv_max_image_pixels()  # a process that skipped apply_decoder_limits() stops here
     try:
         return _process(bytes(data), options)
     except (MessageError, InfrastructureError):

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from demo.run import StepFailed, default_runner, run_demo
         from imgpipe.errors import UserError
-        from stack.__main__ import ensure_running
+        from stack.lifecycle import ensure_running
         from stack.services import StackError
 
         if args.count < 1:

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
 import mimetypes
 import random
-import struct
 import sys
 import threading
-import unicodedata
 import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from fixtures.images import jpeg, pil_bytes, png, png_declaring, to_pil, webp
+from fixtures.keys import FILE_SAFE_AWKWARD_KEYS
 
 log = logging.getLogger("demo.corpus")
 
@@ -45,31 +45,6 @@ ASTRONAUT_FACE = (177, 66, 272, 161)
 # Camera-like sizes for the "several megapixels" tier.
 LARGE_SIZES = ((3000, 2000), (2000, 3000), (4000, 3000), (3840, 2160), (2592, 1944), (3264, 2448))
 
-CAFE = "café"
-# Keys that break naive URL building, shell quoting, CSV writing and unicode handling. "café" is
-# here twice, NFC and NFD: S3 treats them as two different keys, and so must the pipeline.
-AWKWARD_KEYS = (
-    "misc/holiday photo (1).jpg",
-    f"misc/{unicodedata.normalize('NFC', CAFE)}.jpg",
-    f"misc/{unicodedata.normalize('NFD', CAFE)}.jpg",
-    "misc/a+b=c.png",
-    "misc/100% real.png",
-    "misc/#1 best shot.jpg",
-    "misc/semi;colon.webp",
-    "misc/salt & pepper.jpg",
-    "misc/one,two,three.png",
-    'misc/"quoted" name.jpg',
-    "misc/it's mine.png",
-    "misc/what?.png",
-    "misc/~tilde$dollar@at.png",
-    "misc/日本の写真.jpg",
-    "misc/camera 📷.png",
-    "misc/UPPER CASE.JPG",
-    "misc/dots.in.the.name.jpeg",
-    "misc/deep/nested/folder/tree.png",
-    "misc/actually-a-jpeg.png",  # JPEG bytes under a .png name: formats are sniffed, not guessed
-)
-
 # Stream numbers keep the random draws of each folder independent of the others' counts.
 _STREAMS = {"captcha": 1, "photos": 2, "misc": 3, "names": 4, "broken": 5}
 
@@ -85,7 +60,7 @@ def build_corpus(count: int = 300, seed: int = 0, *,
         raise ValueError(f"count must be at least 1, got {count}")
     if seed < 0:
         raise ValueError(f"seed must be 0 or more, got {seed}")
-    filler = max(count - len(AWKWARD_KEYS) - len(BROKEN_FILES), 3)
+    filler = max(count - len(FILE_SAFE_AWKWARD_KEYS) - len(BROKEN_FILES), 3)
     n_photos = max(1, round(filler * 0.45))
     n_misc = max(1, round(filler * 0.15))
     n_captcha = filler - n_photos - n_misc
@@ -99,7 +74,7 @@ def build_corpus(count: int = 300, seed: int = 0, *,
     items = [tick(_captcha_item(seed, i, used_texts)) for i in range(n_captcha)]
     items += [tick(_photo_item(seed, i)) for i in range(n_photos)]
     items += [tick(_misc_item(seed, i)) for i in range(n_misc)]
-    items += [tick((key, _awkward_content(seed, i, key))) for i, key in enumerate(AWKWARD_KEYS)]
+    items += [tick((key, _awkward_content(seed, i, key))) for i, key in enumerate(FILE_SAFE_AWKWARD_KEYS)]
     items += [tick((key, make(seed))) for key, make in BROKEN_FILES.items()]
     duplicates = [k for k, n in Counter(k for k, _ in items).items() if n > 1]
     if duplicates:  # a second object under one key would silently replace the first
@@ -150,46 +125,17 @@ def upload_corpus(settings, items: Iterable[Item], prefix: str | None = None, *,
                   on_item: Callable[[], None] | None = None) -> int:
     """Put each item at s3://<settings.s3_bucket>/<prefix><key> (prefix defaults to
     settings.s3_raw_prefix) from a thread pool; returns the number of objects uploaded."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from imgpipe.clients import s3_client
-    from imgpipe.errors import InfrastructureError, UserError
+    from imgpipe import s3
+    from imgpipe.errors import UserError
 
     prefix = settings.s3_raw_prefix if prefix is None else prefix
-    bucket = settings.s3_bucket
-    s3 = s3_client(settings)  # boto3 clients are thread-safe; resources are not
-
-    def put(item: Item) -> None:
-        key, data = item
-        target = prefix + key
-        try:
-            s3.put_object(Bucket=bucket, Key=target, Body=data,
-                          ContentType=mimetypes.guess_type(key)[0] or "application/octet-stream")
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") == "NoSuchBucket":
-                raise UserError(f"bucket {bucket!r} does not exist (`make up` creates it)") from None
-            raise InfrastructureError("s3", f"Failed to upload {key} to {bucket}/{target}: "
-                                            f"{error.get('Code')} {error.get('Message')}") from None
-        except BotoCoreError as exc:
-            raise InfrastructureError("s3", f"Failed to upload {key} to {bucket}/{target}: {exc}") from None
-
-    uploaded = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(put, item) for item in items]
-        try:
-            for future in as_completed(futures):
-                future.result()
-                uploaded += 1
-                if on_item:
-                    on_item()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return uploaded
+    objects = ((prefix + key, data, mimetypes.guess_type(key)[0] or "application/octet-stream") for key, data in items)
+    try:
+        return s3.put_many(s3.client(settings), settings.s3_bucket, objects, workers=workers, on_item=on_item)
+    except s3.S3Error as exc:
+        if exc.missing_bucket:
+            raise UserError(f"bucket {settings.s3_bucket!r} does not exist (`make up` creates it)") from None
+        raise
 
 
 # --- CAPTCHAs ---------------------------------------------------------------------------
@@ -245,8 +191,8 @@ def _captcha_item(seed: int, i: int, used: set[str]) -> Item:
     with _seeded_captcha(rng) as generator:
         image = generator.generate_image(text)
     if rng.random() < 0.2:
-        return f"captcha/{text}.jpg", _pil_bytes(image, "JPEG", quality=rng.choice((75, 90)))
-    return f"captcha/{text}.png", _pil_bytes(image, "PNG")
+        return f"captcha/{text}.jpg", pil_bytes(image, "JPEG", quality=rng.choice((75, 90)))
+    return f"captcha/{text}.png", pil_bytes(image, "PNG")
 
 
 # --- photographs -----------------------------------------------------------------------
@@ -365,11 +311,11 @@ def _photo_item(seed: int, i: int) -> Item:
     fmt = "jpeg" if big else str(rng.choice(["jpeg", "png", "webp"], p=[0.65, 0.15, 0.2]))
     if fmt == "jpeg":
         ext = str(rng.choice(["jpg", "jpeg", "JPG"], p=[0.8, 0.1, 0.1]))
-        data = _jpeg(image, int(rng.choice([40, 60, 75, 85, 92, 95])), progressive=rng.random() < 0.2)
+        data = jpeg(image, int(rng.choice([40, 60, 75, 85, 92, 95])), progressive=rng.random() < 0.2)
     elif fmt == "png":
-        ext, data = "png", _png(image)
+        ext, data = "png", png(image)
     else:
-        ext, data = "webp", _webp(image, int(rng.choice([50, 75, 90, 101])))
+        ext, data = "webp", webp(image, int(rng.choice([50, 75, 90, 101])))
     return f"photos/{name}/{name}_{i:04d}.{ext}", data
 
 
@@ -422,45 +368,45 @@ def _misc_item(seed: int, i: int) -> Item:
     rng = _rng(seed, "misc", i)
     kind = _MISC_KINDS[i % len(_MISC_KINDS)]
     if kind == "gradient-alpha":
-        ext, data = "png", _png(_gradient(rng, int(rng.integers(200, 800)), int(rng.integers(200, 800))))
+        ext, data = "png", png(_gradient(rng, int(rng.integers(200, 800)), int(rng.integers(200, 800))))
     elif kind == "icon":
-        ext, data = "png", _png(_resize(_small_photo(rng), (32, 32)))
+        ext, data = "png", png(_resize(_small_photo(rng), (32, 32)))
     elif kind == "palette":
-        ext, data = "gif", _pil_bytes(_to_pil(_small_photo(rng)).quantize(int(rng.choice([16, 64, 256]))), "GIF")
+        ext, data = "gif", pil_bytes(to_pil(_small_photo(rng)).quantize(int(rng.choice([16, 64, 256]))), "GIF")
     elif kind == "animated":
-        frames = [_to_pil(_small_photo(rng, (120, 200))).resize((160, 120)).quantize(64) for _ in range(3)]
-        ext, data = "gif", _pil_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:],
+        frames = [to_pil(_small_photo(rng, (120, 200))).resize((160, 120)).quantize(64) for _ in range(3)]
+        ext, data = "gif", pil_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:],
                                       duration=200, loop=0)
     elif kind == "bitmap":
-        ext, data = "bmp", _pil_bytes(_to_pil(_small_photo(rng)), "BMP")
+        ext, data = "bmp", pil_bytes(to_pil(_small_photo(rng)), "BMP")
     elif kind == "scan":
         page = _resize(_photo(str(rng.choice(["page", "text"]))), (int(rng.integers(800, 1200)), 600))
-        ext, data = "tif", _pil_bytes(_to_pil(page), "TIFF", compression="tiff_lzw")
+        ext, data = "tif", pil_bytes(to_pil(page), "TIFF", compression="tiff_lzw")
     elif kind == "cmyk":
-        ext, data = "jpg", _pil_bytes(_to_pil(_small_photo(rng)).convert("CMYK"), "JPEG", quality=88)
+        ext, data = "jpg", pil_bytes(to_pil(_small_photo(rng)).convert("CMYK"), "JPEG", quality=88)
     elif kind == "exif-rotated":
         # Stored sideways with EXIF Orientation 6 ("rotate 90° clockwise to display"), as phones do.
         exif = Image.Exif()
         exif[0x0112] = 6
         stored = cv2.rotate(_small_photo(rng, (400, 800)), cv2.ROTATE_90_COUNTERCLOCKWISE)
-        ext, data = "jpg", _pil_bytes(_to_pil(stored), "JPEG", quality=90, exif=exif.tobytes())
+        ext, data = "jpg", pil_bytes(to_pil(stored), "JPEG", quality=90, exif=exif.tobytes())
     elif kind == "16bit":
         gray = _photo(str(rng.choice(["moon", "camera", "coins"])))
-        ext, data = "png", _png(gray.astype(np.uint16) * 257)
+        ext, data = "png", png(gray.astype(np.uint16) * 257)
     elif kind == "panorama":
         strip = _small_photo(rng, (500, 512))
-        ext, data = "jpg", _jpeg(_grain(_resize(strip, (4000, 500)), rng), 85)
+        ext, data = "jpg", jpeg(_grain(_resize(strip, (4000, 500)), rng), 85)
     elif kind == "screenshot":
-        ext, data = "png", _png(_screenshot(rng, int(rng.integers(360, 480)), int(rng.integers(1600, 2400))))
+        ext, data = "png", png(_screenshot(rng, int(rng.integers(360, 480)), int(rng.integers(1600, 2400))))
     elif kind == "solid":
         colour = rng.integers(0, 256, 3).astype(np.uint8)
-        ext, data = "png", _png(np.broadcast_to(colour, (480, 640, 3)).copy())
+        ext, data = "png", png(np.broadcast_to(colour, (480, 640, 3)).copy())
     elif kind == "tiny-jpeg":
-        ext, data = "jpg", _jpeg(_resize(_small_photo(rng), (32, 32)), 80)
+        ext, data = "jpg", jpeg(_resize(_small_photo(rng), (32, 32)), 80)
     elif kind == "lossless-webp":
-        ext, data = "webp", _webp(_small_photo(rng), 101)
+        ext, data = "webp", webp(_small_photo(rng), 101)
     else:  # "gray-jpeg"
-        ext, data = "jpg", _jpeg(cv2.cvtColor(_small_photo(rng, (400, 1000)), cv2.COLOR_BGR2GRAY), 80)
+        ext, data = "jpg", jpeg(cv2.cvtColor(_small_photo(rng, (400, 1000)), cv2.COLOR_BGR2GRAY), 80)
     return f"misc/{kind}-{i:03d}.{ext}", data
 
 
@@ -472,35 +418,27 @@ def _awkward_content(seed: int, i: int, key: str) -> bytes:
     image = _small_photo(_rng(seed, "names", i))
     ext = key.rsplit(".", 1)[-1].lower()
     if ext == "png" and "jpeg" not in key:
-        return _png(image)
+        return png(image)
     if ext == "webp":
-        return _webp(image, 80)
-    return _jpeg(image, 85)
+        return webp(image, 80)
+    return jpeg(image, 85)
 
 
 # --- broken files: each must end in the dead-letter topic ------------------------------
 
 def _truncated_jpeg(seed: int) -> bytes:
-    data = _jpeg(_small_photo(_rng(seed, "broken", 1)), 85)
+    data = jpeg(_small_photo(_rng(seed, "broken", 1)), 85)
     return data[: len(data) // 2]
 
 
 def _truncated_png(seed: int) -> bytes:
-    data = _png(_small_photo(_rng(seed, "broken", 2)))
+    data = png(_small_photo(_rng(seed, "broken", 2)))
     return data[: len(data) // 3]
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def _bomb_png(seed: int) -> bytes:
-    # A valid header declaring 30000x30000 RGB (2.7 GB decoded): only a pixel limit checked
-    # before decoding protects the consumer. The data itself is a few rows of zeros.
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (1 + 30000 * 3) * 4, 9)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", rows)
-            + _png_chunk(b"IEND", b""))
+    # A valid header declaring 30000x30000 RGB (2.7 GB decoded); the data is a few rows of zeros.
+    return png_declaring(30000, 30000, zlib.compress(b"\x00" * (1 + 30000 * 3) * 4, 9))
 
 
 BROKEN_FILES: dict[str, Callable[[int], bytes]] = {
@@ -512,49 +450,6 @@ BROKEN_FILES: dict[str, Callable[[int], bytes]] = {
     "broken/random-bytes.png": lambda seed: _rng(seed, "broken", 3).bytes(4096),
     "broken/header-only.gif": lambda seed: b"GIF89a",
 }
-
-
-# --- encoders --------------------------------------------------------------------------
-
-def _encode(image: np.ndarray, ext: str, params: list[int]) -> bytes:
-    import cv2
-
-    ok, buffer = cv2.imencode(ext, image, params)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {image.shape} image as {ext}")
-    return buffer.tobytes()
-
-
-def _jpeg(image: np.ndarray, quality: int, progressive: bool = False) -> bytes:
-    import cv2
-
-    return _encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
-
-
-def _png(image: np.ndarray) -> bytes:
-    import cv2
-
-    return _encode(image, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])
-
-
-def _webp(image: np.ndarray, quality: int) -> bytes:
-    """WebP; quality 101 means lossless (OpenCV's convention)."""
-    import cv2
-
-    return _encode(image, ".webp", [cv2.IMWRITE_WEBP_QUALITY, quality])
-
-
-def _to_pil(image: np.ndarray):
-    import cv2
-    from PIL import Image
-
-    return Image.fromarray(image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-
-
-def _pil_bytes(image, fmt: str, **options) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format=fmt, **options)
-    return out.getvalue()
 
 
 # --- command line ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgpipe import cli
+from imgpipe import cli, kafka, meili
 from imgpipe.settings import REPO_ROOT, Settings, to_env
 
 
@@ -58,56 +58,21 @@ def run_step(name: str, args: list[str], settings: Settings, report: DemoReport,
     return result.stdout or ""
 
 
-def dead_letter_offsets(settings: Settings) -> dict[int, int]:
-    """High watermarks of the dead-letter topic: where this run's dead letters will start."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from imgpipe.clients import consumer_config
-
-    consumer = Consumer(consumer_config(settings, group_id="demo-dead-letter-reader"))
-    try:
-        topic = consumer.list_topics(settings.kafka_dead_letter_topic, timeout=10).topics[settings.kafka_dead_letter_topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(settings.kafka_dead_letter_topic, p), timeout=10)[1]
-                for p in topic.partitions}
-    finally:
-        consumer.close()
-
-
 def read_dead_letters(settings: Settings, start: dict[int, int]) -> list[tuple[str, str]]:
-    """The (key, reason) of every dead letter written after `start`."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from imgpipe.clients import consumer_config
-
-    end = dead_letter_offsets(settings)
-    wanted = {p: (start.get(p, 0), high) for p, high in end.items() if high > start.get(p, 0)}
-    if not wanted:
-        return []
-    consumer = Consumer(consumer_config(settings, group_id="demo-dead-letter-reader"))
+    """The (key, reason) of every dead letter written after `start` (high watermarks taken before)."""
     letters = []
-    try:
-        consumer.assign([TopicPartition(settings.kafka_dead_letter_topic, p, low) for p, (low, _) in wanted.items()])
-        remaining = sum(high - low for low, high in wanted.values())
-        deadline = time.monotonic() + 30
-        while remaining > 0 and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            remaining -= 1
-            headers = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
-            try:
-                key = json.loads(msg.value())["key"]
-            except Exception:  # a malformed message has no key to show; its Kafka key will do
-                key = (msg.key() or b"?").decode("utf-8", "replace")
-            letters.append((key, f"{headers.get('stage', '?')}: {headers.get('reason', '?')}"))
-    finally:
-        consumer.close()
+    for msg in kafka.read_messages(settings, settings.kafka_dead_letter_topic, start=start):
+        headers = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+        try:
+            key = json.loads(msg.value())["key"]
+        except Exception:  # a malformed message has no key to show; its Kafka key will do
+            key = (msg.key() or b"?").decode("utf-8", "replace")
+        letters.append((key, f"{headers.get('stage', '?')}: {headers.get('reason', '?')}"))
     return sorted(letters)
 
 
 def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int = 0) -> DemoReport:
     from demo.corpus import build_corpus, upload_corpus
-    from imgpipe.clients import meili_client
 
     report = DemoReport()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +91,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     run_step("produce", ["producer/image_producer.py", "--summary-json", str(producer_summary)], settings, report)
     report.produced = json.loads(producer_summary.read_text())["sent"]
 
-    dead_start = dead_letter_offsets(settings)
+    dead_start = kafka.end_offsets(settings, settings.kafka_dead_letter_topic)
     run_step("consume", ["consumer/image_consumer.py", "--max-idle-seconds", "5", "--status-interval", "5",
                          "--summary-json", str(consumer_summary)], settings, report)
     consumed = json.loads(consumer_summary.read_text())
@@ -136,7 +101,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     report.latency_p50_s = consumed["latency_p50_s"]
     report.latency_p95_s = consumed["latency_p95_s"]
     report.dead_letters = read_dead_letters(settings, dead_start)
-    report.index_documents = meili_client(settings).index(settings.meili_index).get_stats().number_of_documents
+    report.index_documents = meili.document_count(settings, settings.meili_index)
 
     csv_path = out / "image_metadata.csv"
     run_step("export CSV", ["mapreduce/export_csv.py", "--out", str(csv_path)], settings, report)

@@ -9,6 +9,11 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from imgpipe import PIPELINE_VERSION
+from imgpipe.events import ImageEvent, to_iso
 
 # Field -> meaning. The order is the CSV column order of mapreduce/export_csv.py.
 FIELDS: dict[str, str] = {
@@ -74,3 +79,74 @@ def derived_key(processed_prefix: str, kind: str, bucket: str, key: str, extensi
     if stem in _UNSAFE_SEGMENTS or set(stem) <= {"."}:
         stem = "image"
     return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem[:200]}.{extension}"
+
+
+@dataclass(frozen=True)
+class DerivedKeys:
+    """Where the derived images of one source object go."""
+
+    thumbnail: str
+    grayscale: str
+
+    @classmethod
+    def of(cls, processed_prefix: str, bucket: str, key: str) -> "DerivedKeys":
+        return cls(derived_key(processed_prefix, "thumbnails", bucket, key),
+                   derived_key(processed_prefix, "grayscale", bucket, key))
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """What S3 said about the object when it was fetched: it wins over the event, which may be
+    older (the object can change between the event and the fetch)."""
+
+    size: int
+    etag: str = ""
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProcessingRun:
+    """When and how fast the image was processed, and by which version of the pipeline."""
+
+    processed_at: str  # UTC ISO-8601
+    processing_ms: float
+    pipeline_version: str = PIPELINE_VERSION
+
+
+def to_document(event: ImageEvent, source: SourceObject, features: dict, derived: DerivedKeys,
+                run: ProcessingRun) -> dict:
+    """The index document of one image, fields in FIELDS order.
+
+    `features` are the processing core's (format, width, height, ... sha256: see FIELDS); the
+    rest comes from the event, the fetched object, the derived keys and the run.
+    """
+    if source.last_modified is not None:
+        moment = source.last_modified if source.last_modified.tzinfo else \
+            source.last_modified.replace(tzinfo=timezone.utc)
+        last_modified = to_iso(moment)
+    else:
+        last_modified = event.last_modified
+        moment = datetime.fromisoformat(event.last_modified.replace("Z", "+00:00"))
+    document = {
+        **features,
+        "id": document_id(event.bucket, event.key),
+        "bucket": event.bucket,
+        "key": event.key,
+        "file_name": file_name(event.key),
+        "size_bytes": source.size,
+        "size_kb": round(source.size / 1024, 2),
+        "thumbnail_key": derived.thumbnail,
+        "grayscale_key": derived.grayscale,
+        "etag": source.etag or event.etag,
+        "timestamp": int(moment.timestamp()),
+        "last_modified": last_modified,
+        "event_time": event.event_time,
+        "processed_at": run.processed_at,
+        "processing_ms": round(run.processing_ms, 1),
+        "pipeline_version": run.pipeline_version,
+    }
+    missing = [name for name in FIELDS if name not in document]
+    if missing:
+        raise ValueError(f"features lack {', '.join(missing)}")
+    # Fields beyond FIELDS (none today) keep their place after them.
+    return {**{name: document[name] for name in FIELDS}, **document}

@@ -18,17 +18,16 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 if __package__ in (None, ""):
     # Run as a file (python mapreduce/export_csv.py): the repo root must be importable for imgpipe & co.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgpipe import cli
+from imgpipe import cli, meili, s3
 from imgpipe.document import FIELDS
-from imgpipe.errors import InfrastructureError, UserError
+from imgpipe.errors import NOT_FOUND, UserError
 from imgpipe.settings import Settings, load_settings
 
 log = logging.getLogger("mapreduce.export_csv")
@@ -68,89 +67,19 @@ def write_csv(documents: Iterable[dict], out) -> int:
     return rows
 
 
-def _is_forbidden(exc: Exception) -> bool:
-    return getattr(exc, "status_code", None) in (401, 403)
-
-
-@dataclass
-class DocumentReader:
-    """Pages through an index with the documents API (offset/limit)."""
-
-    settings: Settings
-    page_size: int = PAGE_SIZE
-    total: int | None = None  # documents in the index, known after the first page
-    key_used: str = ""  # "search" or "admin", for the summary
-
-    def _fetch(self, client, offset: int):
-        return client.index(self.settings.meili_index).get_documents(
-            {"offset": offset, "limit": self.page_size, "fields": list(COLUMNS)})
-
-    def _first_page(self):
-        from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError
-
-        from imgpipe.clients import meili_client, meili_search_client
-
-        candidates = [("search", meili_search_client(self.settings))]
-        if self.settings.reading_key != self.settings.indexing_key:
-            candidates.append(("admin", meili_client(self.settings)))
-        for position, (name, client) in enumerate(candidates):
-            try:
-                page = self._fetch(client, 0)
-            except MeilisearchApiError as exc:
-                if exc.code == "index_not_found":
-                    raise UserError(f"MeiliSearch has no index {self.settings.meili_index!r} "
-                                    "(MEILI_INDEX); run the consumer first or pick another") from None
-                if _is_forbidden(exc) and position + 1 < len(candidates):
-                    log.info("the search-only key may not read documents (%s); reading with the "
-                             "admin key", exc.code)
-                    continue
-                if _is_forbidden(exc):
-                    raise UserError(f"MeiliSearch refused to list documents ({exc.code}): set "
-                                    "MEILI_ADMIN_KEY (or a key with documents.get)") from None
-                raise InfrastructureError("meilisearch", f"listing documents failed: {exc}") from None
-            except MeilisearchCommunicationError as exc:
-                raise InfrastructureError("meilisearch", f"cannot reach {self.settings.meili_url}: {exc}") from None
-            self.key_used = name
-            return client, page
-        raise AssertionError("unreachable: the last candidate raises")
-
-    def documents(self) -> Iterator[dict]:
-        """Every document once, in the index's order. Documents added while paging may be
-        missed and replaced ones may shift; ids already written are not written twice."""
-        from meilisearch.errors import MeilisearchError
-
-        client, page = self._first_page()
-        self.total = page.total
-        seen: set[str] = set()
-        offset = 0
-        while True:
-            for document in page.results:
-                document = dict(document)
-                if document.get("id") in seen:
-                    continue
-                seen.add(document.get("id"))
-                yield document
-            offset += len(page.results)
-            if not page.results or offset >= page.total:
-                return
-            try:
-                page = self._fetch(client, offset)
-            except MeilisearchError as exc:
-                raise InfrastructureError("meilisearch", f"listing documents at offset {offset} failed: {exc}") from None
-
-
 def export(settings: Settings, out_path: Path, show_progress: bool | None = None,
            page_size: int = PAGE_SIZE) -> tuple[int, int | None, str]:
     """Write the index to `out_path` (atomically: a partial file never has the final name).
     Returns (rows written, documents the index reported, key used)."""
-    reader = DocumentReader(settings, page_size=page_size)
+    reader = meili.DocumentReader(settings, settings.meili_index, fields=list(COLUMNS),
+                                  fallback_to_indexing_key=True, page_size=page_size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as out, \
                 cli.progress(None, "exporting", unit="doc", enabled=show_progress) as bar:
             def counted():
-                for document in reader.documents():
+                for document in reader:
                     if bar.total is None and reader.total is not None:
                         bar.total = reader.total
                     bar.update(1)
@@ -160,22 +89,12 @@ def export(settings: Settings, out_path: Path, show_progress: bool | None = None
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    return rows, reader.total, reader.key_used
+    return rows, reader.total, reader.method
 
 
 def upload(settings: Settings, path: Path, key: str = DEFAULT_S3_KEY) -> str:
     """Upload the CSV to s3://<S3_BUCKET>/<key>; returns the URI."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from imgpipe.clients import s3_client
-
-    uri = f"s3://{settings.s3_bucket}/{key}"
-    try:
-        s3_client(settings).upload_file(str(path), settings.s3_bucket, key,
-                                        ExtraArgs={"ContentType": "text/csv; charset=utf-8"})
-    except (BotoCoreError, ClientError) as exc:
-        raise InfrastructureError("s3", f"Failed to upload {path} to {uri}: {exc}") from None
-    return uri
+    return s3.upload_file(s3.client(settings), path, settings.s3_bucket, key, "text/csv; charset=utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.is_dir():
             raise UserError(f"--out {args.out} is a directory; give a file name")
         started = time.monotonic()
-        rows, total, key_used = export(settings, args.out, page_size=args.page_size)
+        try:
+            rows, total, method = export(settings, args.out, page_size=args.page_size)
+        except meili.MeiliError as exc:
+            if exc.kind == NOT_FOUND:
+                raise UserError(f"MeiliSearch has no index {settings.meili_index!r} (MEILI_INDEX); "
+                                "run the consumer first or pick another") from None
+            raise meili.as_user_error(exc, "MEILI_ADMIN_KEY, or a key with documents.get") from None
         where = str(args.out)
         if args.upload:
             where += " and " + upload(settings, args.out, args.s3_key)
         print(f"exported {rows} documents of index {settings.meili_index} (it reports {total}) "
-              f"to {where} in {time.monotonic() - started:.1f} s, read with the {key_used} key")
+              f"to {where} in {time.monotonic() - started:.1f} s, read through the {method}")
         return 0
 
     return cli.run(body)

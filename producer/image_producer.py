@@ -24,12 +24,11 @@ if __package__ in (None, ""):
     # Run as a file (python producer/image_producer.py): the repo root must be importable for imgpipe & co.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgpipe import cli
-from imgpipe.clients import check_topic, s3_client
-from imgpipe.errors import InfrastructureError, UserError
+from imgpipe import cli, kafka, s3
+from imgpipe.errors import UserError
 from imgpipe.events import event_for_object
 from imgpipe.settings import Settings, load_settings
-from producer.listing import SentState, head_objects, list_objects
+from producer.listing import SentState, head_objects
 from producer.sender import EventSender
 
 log = logging.getLogger("producer")
@@ -65,21 +64,16 @@ def default_state_file(settings: Settings, bucket: str, prefix: str, topic: str)
 
 
 def s3_errors_explained(source, bucket: str):
-    """Turn botocore's exceptions into one line that names the bucket and the cause."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """A missing bucket is the user's to fix (exit 2); other S3 errors are outages (exit 1)."""
     try:
         yield from source
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        if error.get("Code") == "NoSuchBucket":
+    except s3.S3Error as exc:
+        if exc.missing_bucket:
             raise UserError(f"bucket {bucket!r} does not exist") from None
-        raise InfrastructureError("s3", f"listing s3://{bucket} failed: {error.get('Code')} {error.get('Message')}") from None
-    except BotoCoreError as exc:
-        raise InfrastructureError("s3", f"listing s3://{bucket} failed: {exc}") from None
+        raise
 
 
-def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], limit: int | None,
+def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[str], limit: int | None,
              state: SentState | None, show_progress: bool | None, rate: float | None = None) -> tuple[int, int]:
     """Send events for one listing; returns (delivered, failed)."""
     missing = 0
@@ -88,7 +82,7 @@ def one_pass(settings: Settings, s3, bucket: str, prefix: str, keys: list[str], 
     sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
                          track_delivered=state is not None)
     try:
-        source = head_objects(s3, bucket, keys) if keys else list_objects(s3, bucket, prefix)
+        source = head_objects(client, bucket, keys) if keys else s3.list_objects(client, bucket, prefix)
         queued = 0
         started = time.monotonic()
         seen: set[str] | None = set() if state is not None and not keys else None
@@ -144,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
-        check_topic(settings, settings.kafka_topic)
-        s3 = s3_client(settings)
+        kafka.check_topic(settings, settings.kafka_topic)
+        client = s3.client(settings)
         if args.watch is None:
             started = time.monotonic()
-            sent, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, None, args.progress,
+            sent, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, None, args.progress,
                                     args.rate)
             if args.summary_json:
                 seconds = time.monotonic() - started
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                  state.path)
         total_failed = 0
         while not stop.is_set():
-            _, failed = one_pass(settings, s3, bucket, prefix, args.key, args.limit, state, args.progress, args.rate)
+            _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate)
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK

@@ -1,4 +1,4 @@
-"""Which S3 objects to announce: listing, single keys, and the --watch state file."""
+"""Which S3 objects to announce: single keys, and the --watch state file (listing is imgpipe.s3's)."""
 from __future__ import annotations
 
 import json
@@ -7,38 +7,17 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from imgpipe import s3
 from imgpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def list_objects(s3, bucket: str, prefix: str) -> Iterator[dict]:
-    """Every object under the prefix, page by page (S3 returns at most 1,000 per call).
-
-    Folder markers (keys ending in '/') are not images and are skipped.
-    """
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/"):
-                yield obj
-
-
-def head_objects(s3, bucket: str, keys: Iterable[str]) -> Iterator[dict | str]:
+def head_objects(client, bucket: str, keys: Iterable[str]) -> Iterator[dict | str]:
     """ListObjects-shaped entries for the given keys; a key that does not exist yields an error text."""
-    from botocore.exceptions import ClientError
-
     for key in keys:
-        try:
-            head = s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                yield f"s3://{bucket}/{key} does not exist"
-                continue
-            raise
-        yield {"Key": key, "Size": head["ContentLength"], "ETag": head.get("ETag", ""),
-               "LastModified": head["LastModified"]}
+        found = s3.head(client, bucket, key)
+        yield found if found is not None else f"s3://{bucket}/{key} does not exist"
 
 
 class SentState:

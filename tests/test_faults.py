@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from imgpipe.clients import meili_client
+from imgpipe import kafka, meili
 from stack.services import Kafka, MeiliSearch
-from tests.helpers import (all_documents, encode, read_topic, run_script, sample_image, start_script, upload,
+from tests.helpers import (all_documents, encode, read_topic, run_script, gradient_pattern, start_script, upload,
                            wait_for)
 from tests.proxy import CuttableProxy
 
@@ -23,13 +23,13 @@ SLOW = ["--batch-size", "4", "--workers", "1", "--no-progress", "--status-interv
 
 
 def put_images(settings, count: int, size=(480, 360)) -> list[str]:
-    return upload(settings, {f"img-{i:03d}.jpg": encode(sample_image(*size, seed=i), ".jpg") for i in range(count)})
+    return upload(settings, {f"img-{i:03d}.jpg": encode(gradient_pattern(*size, seed=i), ".jpg") for i in range(count)})
 
 
 def document_count(settings) -> int:
     try:
-        return meili_client(settings).index(settings.meili_index).get_stats().number_of_documents
-    except Exception:  # index not created yet, or MeiliSearch down
+        return meili.document_count(settings, settings.meili_index)
+    except meili.MeiliError:  # index not created yet, or MeiliSearch down
         return 0
 
 
@@ -92,7 +92,7 @@ def test_kafka_restart_while_producing_delivers_every_event_once(stack, settings
     kafka = Kafka(stack)
     if kafka.pid() is None:
         pytest.fail("this test restarts Kafka and needs the broker the test session manages")
-    tiny = encode(sample_image(16, 16), ".png")
+    tiny = encode(gradient_pattern(16, 16), ".png")
     keys = upload(settings, {f"tiny-{i:03d}.png": tiny for i in range(240)})
     log = tmp_path / "producer.log"
     producer = start_script("producer/image_producer.py", ["--no-progress", "--rate", "60"], settings, log)
@@ -112,17 +112,7 @@ def test_kafka_restart_while_producing_delivers_every_event_once(stack, settings
 
 
 def committed_total(settings) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    from imgpipe.clients import consumer_config
-
-    consumer = Consumer(consumer_config(settings))
-    try:
-        partitions = consumer.list_topics(settings.kafka_topic, timeout=10).topics[settings.kafka_topic].partitions
-        committed = consumer.committed([TopicPartition(settings.kafka_topic, p) for p in partitions], timeout=10)
-        return sum(tp.offset for tp in committed if tp.offset >= 0)
-    finally:
-        consumer.close()
+    return sum(offset for offset in kafka.committed_offsets(settings, settings.kafka_topic).values() if offset >= 0)
 
 
 def test_s3_unreachable_for_a_while_is_retried_and_nothing_is_committed_past_it(settings, tmp_path):
@@ -195,7 +185,7 @@ def test_sigterm_while_meilisearch_is_unreachable_at_start_up_exits_cleanly(sett
     unreachable = settings.with_overrides(meili_url="http://127.0.0.1:9")  # discard port: nothing listens
     log = tmp_path / "consumer.log"
     proc = start_script("consumer/image_consumer.py", ["--no-progress"], unreachable, log)
-    wait_for(lambda: "unreachable" in log.read_text(), 60, "the retry warning")
+    wait_for(lambda: "cannot reach" in log.read_text(), 60, "the retry warning")
     proc.send_signal(signal.SIGTERM)
     text = finish(proc, log, timeout=60)
     assert "stopped before start-up finished" in text and "Traceback" not in text

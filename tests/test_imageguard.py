@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 
 from consumer import imageguard
 from consumer.imageguard import check_image, sniff_format, webp_declared_size
-from imgpipe import samples
+from fixtures import images as samples
 from imgpipe.errors import MessageError
 from imgpipe.settings import REPO_ROOT
 
@@ -79,7 +79,7 @@ def test_pixel_limit_is_the_configured_one_not_pillows():
     # 144 MP is above Pillow's own bomb limit (2 x 89 MP raises); with ours at 200 MP it passes
     # the header check unless this process's OpenCV ceiling is lower, which is then named.
     huge = AWKWARD["huge-12000x12000-one-colour.png"][0]
-    if imageguard.OPENCV_MAX_IMAGE_PIXELS >= 144_000_000:
+    if imageguard.opencv_max_image_pixels() >= 144_000_000:
         assert guard(huge, max_image_pixels=200_000_000).pixels == 144_000_000
     else:
         with pytest.raises(MessageError, match="OPENCV_IO_MAX_IMAGE_PIXELS"):
@@ -165,9 +165,11 @@ def test_bombs_are_rejected_in_bounded_memory_and_opencv_refuses_them_too():
     bombs are rejected, and OpenCV's own ceiling, set before cv2 was imported, refuses them."""
     script = textwrap.dedent("""
         import json, os, resource
+        from consumer.imageguard import apply_decoder_limits
+        apply_decoder_limits(100_000_000)
         import consumer.processing as processing
         import cv2, numpy as np
-        from imgpipe import samples
+        from fixtures import images as samples
         from imgpipe.errors import MessageError
 
         bombs = {name: data for name, (data, expect) in samples.awkward_samples().items()

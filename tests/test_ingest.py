@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from imgpipe.clients import s3_client
+from imgpipe import kafka, meili, s3
 from imgpipe.document import document_id
-from tests.helpers import all_documents, encode, read_topic, run_script, sample_image, upload
+from tests.helpers import all_documents, encode, read_topic, run_script, gradient_pattern, upload
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def good_images() -> dict[str, tuple[bytes, tuple[int, int, str]]]:
     formats = [(".jpg", "jpeg"), (".png", "png"), (".webp", "webp")]
     for i, (w, h) in enumerate(sizes):
         ext, fmt = formats[i % len(formats)]
-        images[f"img{i}{ext}"] = (encode(sample_image(w, h, seed=i), ext), (w, h, fmt))
+        images[f"img{i}{ext}"] = (encode(gradient_pattern(w, h, seed=i), ext), (w, h, fmt))
     return images
 
 
@@ -42,16 +42,16 @@ def test_n_images_become_exactly_n_documents_and_derived_images(settings):
 
     docs = {d["key"]: d for d in all_documents(settings)}
     assert sorted(docs) == sorted(keys)
-    s3 = s3_client(settings)
+    client = s3.client(settings)
     for name, (_, (w, h, fmt)) in images.items():
         doc = docs[settings.s3_raw_prefix + name]
         assert (doc["width"], doc["height"], doc["format"]) == (w, h, fmt), name
         assert doc["id"] == document_id(settings.s3_bucket, doc["key"])
-        thumb = s3.get_object(Bucket=settings.s3_bucket, Key=doc["thumbnail_key"])["Body"].read()
+        thumb = client.get_object(Bucket=settings.s3_bucket, Key=doc["thumbnail_key"])["Body"].read()
         decoded = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_UNCHANGED)
         assert decoded is not None and max(decoded.shape[:2]) == min(max(w, h), settings.thumbnail_size)
         assert min(decoded.shape[:2]) >= 1
-        gray = s3.get_object(Bucket=settings.s3_bucket, Key=doc["grayscale_key"])["Body"].read()
+        gray = client.get_object(Bucket=settings.s3_bucket, Key=doc["grayscale_key"])["Body"].read()
         assert cv2.imdecode(np.frombuffer(gray, np.uint8), cv2.IMREAD_UNCHANGED).ndim == 2
         assert doc["thumbnail_key"].startswith(settings.s3_processed_prefix)
 
@@ -66,11 +66,11 @@ def test_n_images_become_exactly_n_documents_and_derived_images(settings):
 
 
 def test_broken_files_are_dead_lettered_with_their_reason_and_good_ones_indexed(settings):
-    good = {"fine.jpg": encode(sample_image(200, 100), ".jpg")}
+    good = {"fine.jpg": encode(gradient_pattern(200, 100), ".jpg")}
     broken = {
         "empty.jpg": (b"", "empty"),
         "text.jpg": (b"hello, I am not an image at all\n" * 4, "not an image"),
-        "truncated.png": (encode(sample_image(300, 300), ".png")[:400], "truncated"),
+        "truncated.png": (encode(gradient_pattern(300, 300), ".png")[:400], "truncated"),
     }
     upload(settings, {**good, **{k: v for k, (v, _) in broken.items()}})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
@@ -96,11 +96,8 @@ def test_broken_files_are_dead_lettered_with_their_reason_and_good_ones_indexed(
 
 
 def test_malformed_messages_and_foreign_buckets_are_dead_lettered(settings):
-    from confluent_kafka import Producer
 
-    from imgpipe.clients import producer_config
-
-    good_key = upload(settings, {"ok.png": encode(sample_image(50, 40), ".png")})[0]
+    good_key = upload(settings, {"ok.png": encode(gradient_pattern(50, 40), ".png")})[0]
     valid = {"schema_version": 1, "bucket": settings.s3_bucket, "key": good_key, "size": 1, "etag": "x",
              "last_modified": "2026-01-01T00:00:00.000Z", "event_time": "2026-01-01T00:00:00.000Z"}
     bad_values = {
@@ -111,7 +108,7 @@ def test_malformed_messages_and_foreign_buckets_are_dead_lettered(settings):
         "foreign": json.dumps({**valid, "bucket": "someone-elses-bucket"}).encode(),
         "missing-object": json.dumps({**valid, "key": settings.s3_raw_prefix + "nope.jpg"}).encode(),
     }
-    producer = Producer(producer_config(settings, **{"message.max.bytes": 2_000_000}))
+    producer = kafka.producer(settings, **{"message.max.bytes": 2_000_000})
     for name, value in bad_values.items():
         producer.produce(settings.kafka_topic, key=name.encode(), value=value)
     producer.produce(settings.kafka_topic, key=b"good", value=json.dumps(valid).encode())
@@ -134,7 +131,7 @@ def test_malformed_messages_and_foreign_buckets_are_dead_lettered(settings):
 def test_awkward_keys_are_indexed_under_their_exact_key(settings):
     names = ["a cat.jpg", "1+1=2.png", "100%.jpg", "#tag;x&y=z.jpg", unicodedata.normalize("NFC", "café.png"),
              unicodedata.normalize("NFD", "café.png"), "日本/写真.jpg", 'quote"s,comma.jpg', "x/../escape.jpg"]
-    data = encode(sample_image(40, 30), ".png")
+    data = encode(gradient_pattern(40, 30), ".png")
     keys = upload(settings, {name: data for name in names})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
     assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
@@ -146,13 +143,12 @@ def test_awkward_keys_are_indexed_under_their_exact_key(settings):
 
 
 def test_filters_and_sorting_work_on_the_index(settings):
-    upload(settings, {"a.jpg": encode(sample_image(100, 100, 1), ".jpg"),
-                      "b.png": encode(sample_image(120, 80, 2), ".png")})
+    upload(settings, {"a.jpg": encode(gradient_pattern(100, 100, 1), ".jpg"),
+                      "b.png": encode(gradient_pattern(120, 80, 2), ".png")})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
     assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
-    from imgpipe.clients import meili_search_client
 
-    index = meili_search_client(settings).index(settings.meili_index)
+    index = meili.search_client(settings).index(settings.meili_index)
     hits = index.search("", {"filter": 'format = "jpeg" AND faces = 0', "sort": ["timestamp:desc"]})["hits"]
     assert [h["file_name"] for h in hits] == ["a.jpg"]
 
@@ -198,9 +194,9 @@ def test_watch_mode_sends_new_objects_and_resends_nothing_after_a_restart(settin
     assert sorted(keys) == ["w1.png", "w2.png", "w3.png"]
 
     # A deleted object leaves the state file at the next full pass.
-    from imgpipe.clients import s3_client
+    from imgpipe import kafka, meili, s3
 
-    s3_client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
+    s3.client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
     watch_until(lambda: len(json.loads(state.read_text())) == 2)
     assert sorted(k.rsplit("/", 1)[-1] for k in json.loads(state.read_text())) == ["w2.png", "w3.png"]
 

@@ -7,16 +7,17 @@ import uuid
 
 import pytest
 
-from imgpipe.clients import meili_client, s3_client
+from imgpipe import meili, s3
 from imgpipe.document import FIELDS
 from mapreduce import export_csv
-from mapreduce.sample_data import AWKWARD_KEYS, sample_documents
+from fixtures.documents import sample_documents
+from fixtures.keys import CSV_BREAKING_KEYS
 
 pytestmark = pytest.mark.integration
 
 
 def index_documents(settings, documents, batch=1000) -> None:
-    client = meili_client(settings)
+    client = meili.client(settings)
     index = client.index(settings.meili_index)
     for start in range(0, len(documents), batch):
         task = index.add_documents(documents[start:start + batch], primary_key="id")
@@ -57,16 +58,16 @@ def test_export_reads_every_page_of_a_large_index(settings, tmp_path):
     index_documents(settings, documents)
     out = tmp_path / "image_metadata.csv"
     rows, total, key_used = export_csv.export(settings, out, show_progress=False)
-    stats = meili_client(settings).index(settings.meili_index).get_stats()
+    stats = meili.client(settings).index(settings.meili_index).get_stats()
     assert rows == total == stats.number_of_documents == 2500
     exported = read_rows(out)
     assert len(exported) == 2500
     assert {r["id"] for r in exported} == {d["id"] for d in documents}
     assert list(exported[0]) == list(FIELDS)
     # The default search key may only search, so the export fell back to the admin key.
-    assert key_used == "admin"
+    assert key_used == "documents API (admin key)"
     by_id = {r["id"]: r for r in exported}
-    for doc in documents[:len(AWKWARD_KEYS)]:
+    for doc in documents[:len(CSV_BREAKING_KEYS)]:
         assert by_id[doc["id"]]["key"] == export_csv.cell(doc["key"])
         assert by_id[doc["id"]]["processed_at"] == doc["processed_at"]
         assert int(by_id[doc["id"]]["timestamp"]) == doc["timestamp"]
@@ -75,7 +76,7 @@ def test_export_reads_every_page_of_a_large_index(settings, tmp_path):
 def test_export_reads_with_the_search_key_when_it_may_read_documents(settings, tmp_path):
     documents = sample_documents(30, seed=4)
     index_documents(settings, documents)
-    master = meili_client(settings, key=settings.meili_master_key)
+    master = meili.client(settings, key=settings.meili_master_key)
     key = master.create_key({"name": f"test-reader-{uuid.uuid4().hex[:6]}", "actions": ["documents.get"],
                              "indexes": [settings.meili_index], "expiresAt": None})
     try:
@@ -83,7 +84,7 @@ def test_export_reads_with_the_search_key_when_it_may_read_documents(settings, t
         rows, total, key_used = export_csv.export(reader, tmp_path / "out.csv", page_size=7)
     finally:
         master.delete_key(key.key)
-    assert (rows, total, key_used) == (30, 30, "search")
+    assert (rows, total, key_used) == (30, 30, "documents API (search key)")
     assert len(read_rows(tmp_path / "out.csv")) == 30
 
 
@@ -96,7 +97,7 @@ def test_cli_exports_and_uploads_to_s3(settings, tmp_path, monkeypatch, capsys):
     assert code == 0
     summary = capsys.readouterr().out
     assert "exported 15 documents" in summary and f"s3://{settings.s3_bucket}/{s3_key}" in summary
-    body = s3_client(settings).get_object(Bucket=settings.s3_bucket, Key=s3_key)["Body"].read()
+    body = s3.client(settings).get_object(Bucket=settings.s3_bucket, Key=s3_key)["Body"].read()
     assert body == out.read_bytes()
     assert len(read_rows(out)) == 15
 

@@ -21,7 +21,8 @@ import pytest
 from imgpipe.document import FIELDS
 from mapreduce import mapper, reducer
 from mapreduce.export_csv import to_row, write_csv
-from mapreduce.sample_data import AWKWARD_KEYS, sample_documents
+from fixtures.documents import sample_documents
+from fixtures.keys import CSV_BREAKING_KEYS
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "mapreduce"
 SCRIPTS = (Path(mapper.__file__), Path(reducer.__file__))
@@ -216,12 +217,12 @@ def test_malformed_rows_are_counted_and_left_out_of_the_data():
 
 
 def test_awkward_keys_survive_export_and_mapping():
-    docs = sample_documents(len(AWKWARD_KEYS) + 5, seed=5)
+    docs = sample_documents(len(CSV_BREAKING_KEYS) + 5, seed=5)
     lines = _export_lines(docs)
     assert len(lines) == len(docs) + 1, "no row may span two lines"
     keys = [row[list(FIELDS).index("key")] for row in csv.reader(lines[1:])]
     assert keys == [d["key"].replace("\r", "\\r").replace("\n", "\\n") for d in docs]
-    for key in AWKWARD_KEYS:
+    for key in CSV_BREAKING_KEYS:
         if "\n" not in key and "\r" not in key:
             assert key in keys
     _, counters = run_mapper(lines)

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from consumer import processing
 from consumer.processing import (FEATURE_KEYS, ProcessedImage, ProcessingOptions, fit, hamming,
                                  process_image)
-from imgpipe import samples
+from fixtures import images as samples
 from imgpipe.document import FIELDS
 from imgpipe.errors import MessageError
 from imgpipe.settings import Settings

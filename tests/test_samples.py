@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from imgpipe import samples
+from fixtures import images as samples
 
 REQUIRED = {
     "truncated.jpg", "truncated.png", "empty.jpg", "text-with-image-extension.png", "bomb-20000x20000.png",

@@ -49,14 +49,16 @@ def test_no_secret_reaches_the_logs_even_in_debug_mode(settings):
 
 @pytest.mark.integration
 def test_the_search_key_cannot_read_documents_or_manage_keys(settings):
-    import meilisearch.errors
+    from imgpipe import meili
 
-    from imgpipe.clients import meili_search_client
-
-    client = meili_search_client(settings)
-    with pytest.raises(meilisearch.errors.MeilisearchApiError) as err:
+    client = meili.search_client(settings)
+    with pytest.raises(meili.MeiliError) as err, meili.errors("listing keys", settings):
         client.get_keys()
-    assert err.value.status_code in (401, 403)
+    assert err.value.status in (401, 403)
+    index = client.index(settings.meili_index)
+    with pytest.raises(meili.MeiliError) as err, meili.errors("reading documents", settings):
+        index.get_documents()
+    assert err.value.kind == "denied"
 
 
 @pytest.mark.integration

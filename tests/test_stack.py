@@ -7,19 +7,17 @@ import urllib.request
 
 import pytest
 
-from imgpipe.clients import consumer_config, meili_client, meili_search_client, producer_config, s3_client
+from imgpipe import kafka, meili, s3
 
 pytestmark = pytest.mark.integration
 
 
 def test_kafka_round_trip_on_a_fresh_topic(settings):
-    from confluent_kafka import Consumer, Producer
-
-    producer = Producer(producer_config(settings))
+    producer = kafka.producer(settings)
     for i in range(5):
         producer.produce(settings.kafka_topic, key=f"k{i}".encode(), value=f"v{i}".encode())
     assert producer.flush(10) == 0
-    consumer = Consumer(consumer_config(settings))
+    consumer = kafka.consumer(settings)
     consumer.subscribe([settings.kafka_topic])
     got = []
     deadline = time.monotonic() + 30
@@ -32,22 +30,18 @@ def test_kafka_round_trip_on_a_fresh_topic(settings):
 
 
 def test_topics_have_the_configured_partitions(stack):
-    from confluent_kafka.admin import AdminClient
-
-    from imgpipe.clients import kafka_base_config
-
-    topics = AdminClient(kafka_base_config(stack)).list_topics(timeout=10).topics
+    topics = kafka.admin(stack).list_topics(timeout=10).topics
     assert len(topics[stack.kafka_topic].partitions) == stack.kafka_topic_partitions
     assert stack.kafka_dead_letter_topic in topics
 
 
 def test_meilisearch_indexes_and_searches_a_document(settings):
-    index = meili_client(settings).index(settings.meili_index)
+    index = meili.client(settings).index(settings.meili_index)
     task = index.add_documents([{"id": "a1", "file_name": "cat.jpg"}, {"id": "b2", "file_name": "dog.png"}],
                                primary_key="id")
-    done = meili_client(settings).wait_for_task(task.task_uid, timeout_in_ms=20000)
+    done = meili.client(settings).wait_for_task(task.task_uid, timeout_in_ms=20000)
     assert done.status == "succeeded", done.error
-    hits = meili_search_client(settings).index(settings.meili_index).search("cat")["hits"]
+    hits = meili.search_client(settings).index(settings.meili_index).search("cat")["hits"]
     assert [h["id"] for h in hits] == ["a1"]
 
 
@@ -62,18 +56,16 @@ def test_meilisearch_refuses_requests_without_the_right_key(stack, key):
 
 
 def test_search_key_cannot_write(settings):
-    import meilisearch.errors
-
-    with pytest.raises(meilisearch.errors.MeilisearchApiError) as err:
-        meili_search_client(settings).index(settings.meili_index).add_documents([{"id": "x"}])
-    assert err.value.status_code in (401, 403)
+    with pytest.raises(meili.MeiliError) as err, meili.errors("adding a document", settings, settings.meili_index):
+        meili.search_client(settings).index(settings.meili_index).add_documents([{"id": "x"}])
+    assert err.value.status in (401, 403) and err.value.kind == "denied"
 
 
 def test_s3_put_and_get_an_object(settings):
-    s3 = s3_client(settings)
+    client = s3.client(settings)
     key = settings.s3_raw_prefix + "hello world #1.bin"
-    s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"\x00\x01payload")
-    assert s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read() == b"\x00\x01payload"
+    client.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"\x00\x01payload")
+    assert client.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read() == b"\x00\x01payload"
 
 
 def test_services_bind_to_loopback_only(stack):

@@ -66,9 +66,9 @@ def test_up_is_idempotent_and_down_leaves_nothing_running(stack, tmp_path):
         for name, pid in pids.items():
             assert name in status.stdout and str(pid) in status.stdout and "healthy" in status.stdout
 
-        from confluent_kafka.admin import AdminClient
+        from imgpipe import kafka
 
-        topics = AdminClient({"bootstrap.servers": private.kafka_bootstrap_servers}).list_topics(timeout=10).topics
+        topics = kafka.list_topics(private).topics
         assert private.kafka_topic in topics and len(topics[private.kafka_topic].partitions) == 6
     finally:
         down = stack_cli("down")

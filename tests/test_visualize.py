@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgpipe.clients import meili_search_client, s3_client
+from imgpipe import meili, s3
 from imgpipe.document import FIELDS
 from imgpipe.settings import Settings
 from tests.test_visualize_data import (BASE_TIME, PYTHON, REPO, index_documents, make_doc, script_env, search_only,
                                       upload_thumbnails)
 from visualize import charts
-from visualize.documents import PAGE_SIZE, read_all_documents, read_csv, to_frame
+from visualize.documents import read_csv, to_frame
 from visualize.mapreduce_output import find_output, ordered, parse_lines, read_summary
 from visualize.previews import fetch_thumbnails, preview_grid
 from visualize.tables import image_rows, parse_sort, recent_images, render, summary_tables, totals
@@ -163,11 +163,13 @@ def test_every_document_is_read_with_the_search_key_past_max_total_hits(settings
     docs += [make_doc(i, settings, timestamp=tie, size_kb=100.0 if i < 2250 else None) for i in range(1200, 2500)]
     docs += [{k: v for k, v in make_doc(i, settings).items() if k != "timestamp"} for i in range(2500, 2503)]
     index_documents(settings, docs)
-    assert len(docs) == 2503 > PAGE_SIZE
+    assert len(docs) == 2503 > meili.PAGE_SIZE
 
     reader = search_only(settings)
     progress = []
-    got = read_all_documents(meili_search_client(reader).index(reader.meili_index), on_progress=progress.append)
+    documents = meili.DocumentReader(reader, reader.meili_index, on_progress=progress.append)
+    got = list(documents)
+    assert documents.method == "search (keyset, search key)"
     assert sorted(d["id"] for d in got) == sorted(d["id"] for d in docs)
     by_id = {d["id"]: d for d in got}
     assert all(by_id[d["id"]] == d for d in docs)
@@ -245,7 +247,7 @@ def test_recent_images_table_and_totals(settings, known_index):
 def test_previews_skip_a_missing_thumbnail_and_name_it(settings, known_index, tmp_path):
     frame = read_index(search_only(settings), show_progress=False)
     recent = recent_images(frame, limit=15, sort="timestamp:desc").to_dict("records")
-    thumbs, skipped = fetch_thumbnails(s3_client(settings), settings.s3_bucket, recent, limit=5)
+    thumbs, skipped = fetch_thumbnails(s3.client(settings), settings.s3_bucket, recent, limit=5)
     assert [t.file_name for t in thumbs] == ["photo_00059.webp", "photo_00057.png", "photo_00056.png",
                                              "photo_00055.jpeg", "photo_00054.jpeg"]
     assert [(s.file_name, s.reason) for s in skipped] == [("photo_00058.png", "thumbnail not found")]

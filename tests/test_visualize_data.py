@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgpipe.clients import meili_client, s3_client
+from imgpipe import meili, s3
 from imgpipe.document import INDEX_SETTINGS, derived_key, document_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float |
 
 def index_documents(settings, docs: list[dict], apply_settings: bool = True) -> None:
     """Create the isolated index with INDEX_SETTINGS (as the consumer would) and add `docs`."""
-    client = meili_client(settings)
+    client = meili.client(settings)
     task = client.create_index(settings.meili_index, {"primaryKey": "id"})
     client.wait_for_task(task.task_uid, timeout_in_ms=30000)
     index = client.index(settings.meili_index)
@@ -77,9 +77,9 @@ def thumbnail_bytes(i: int, width: int = 256, height: int = 192) -> bytes:
 
 
 def upload_thumbnails(settings, docs: list[dict]) -> None:
-    s3 = s3_client(settings)
+    client = s3.client(settings)
     for i, doc in enumerate(docs):
-        s3.put_object(Bucket=settings.s3_bucket, Key=doc["thumbnail_key"], Body=thumbnail_bytes(i),
+        client.put_object(Bucket=settings.s3_bucket, Key=doc["thumbnail_key"], Body=thumbnail_bytes(i),
                       ContentType="image/jpeg")
 
 

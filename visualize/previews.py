@@ -39,11 +39,11 @@ def decode(data: bytes) -> np.ndarray | None:
     return None if pixels is None else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-def fetch_thumbnails(s3, bucket: str, docs: list[dict], limit: int = MAX_PREVIEWS
+def fetch_thumbnails(client, bucket: str, docs: list[dict], limit: int = MAX_PREVIEWS
                      ) -> tuple[list[Thumbnail], list[Skipped]]:
     """Up to `limit` thumbnails of `docs`, in order. A missing or unreadable thumbnail is
-    skipped and reported, and the next document takes its place. Other S3 errors propagate."""
-    from botocore.exceptions import ClientError
+    skipped and reported, and the next document takes its place. Other S3 errors (S3Error) propagate."""
+    from imgpipe import s3
 
     found: list[Thumbnail] = []
     skipped: list[Skipped] = []
@@ -56,9 +56,9 @@ def fetch_thumbnails(s3, bucket: str, docs: list[dict], limit: int = MAX_PREVIEW
             skipped.append(Skipped(name, "", "document has no thumbnail_key"))
             continue
         try:
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            data = s3.fetch(client, bucket, key).data
+        except s3.S3Error as exc:
+            if exc.missing_object:
                 skipped.append(Skipped(name, key, "thumbnail not found"))
                 continue
             raise

@@ -22,7 +22,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     # would shadow the `visualize` package; the repo root must come first instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from imgpipe import cli  # noqa: E402
+from imgpipe import cli, meili  # noqa: E402
 from imgpipe.errors import UserError  # noqa: E402
 from imgpipe.settings import Settings, load_settings  # noqa: E402
 
@@ -63,11 +63,11 @@ def search_params(args) -> dict:
 def run_search(settings: Settings, query: str, params: dict) -> dict:
     """MeiliSearch's response; a wrong request is a UserError, an unreachable server an
     InfrastructureError."""
-    from imgpipe.clients import meili_search_client
-    from visualize.meili_errors import meili_errors
-
-    with meili_errors(settings):
-        return meili_search_client(settings).index(settings.meili_index).search(query, params)
+    try:
+        with meili.errors("searching", settings, settings.meili_index):
+            return meili.search_client(settings).index(settings.meili_index).search(query, params)
+    except meili.MeiliError as exc:
+        raise meili.as_user_error(exc) from None
 
 
 def hits_table(hits: list[dict], tablefmt: str = "simple") -> str:

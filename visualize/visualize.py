@@ -28,8 +28,8 @@ if __name__ == "__main__" and __package__ in (None, ""):
     # shadow the `visualize` package; the repo root must come first instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from imgpipe import cli  # noqa: E402
-from imgpipe.errors import InfrastructureError, UserError  # noqa: E402
+from imgpipe import cli, meili, s3  # noqa: E402
+from imgpipe.errors import NOT_FOUND, InfrastructureError, UserError  # noqa: E402
 from imgpipe.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("visualize")
@@ -74,22 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_index(settings: Settings, show_progress: bool | None):
     """Every document of the index as a frame, or None when the index does not exist."""
-    from meilisearch.errors import MeilisearchApiError
+    from visualize.documents import to_frame
 
-    from imgpipe.clients import meili_search_client
-    from visualize.documents import read_all_documents, to_frame
-    from visualize.meili_errors import meili_errors
-
-    index = meili_search_client(settings).index(settings.meili_index)
+    reader = meili.DocumentReader(settings, settings.meili_index)
     bar = cli.progress(None, "reading documents", unit="doc", enabled=show_progress)
+    reader.on_progress = lambda n: bar.update(n - bar.n)
     try:
-        with meili_errors(settings, request_errors={}):
-            try:
-                docs = read_all_documents(index, on_progress=lambda n: bar.update(n - bar.n))
-            except MeilisearchApiError as exc:
-                if exc.code == "index_not_found":  # nothing indexed yet: not an error
-                    return None
-                raise
+        docs = list(reader)
+    except meili.MeiliError as exc:
+        if exc.kind == NOT_FOUND:  # nothing indexed yet: not an error
+            return None
+        raise meili.as_user_error(exc) from None
     finally:
         bar.close()
     return to_frame(docs)
@@ -142,20 +137,13 @@ def write_charts(frame, summary, out: Path) -> list[Path]:
 
 def write_previews(settings: Settings, frame, args) -> Path | None:
     """The thumbnail grid; None when no document had a readable thumbnail."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from imgpipe.clients import s3_client
     from visualize.previews import fetch_thumbnails, preview_grid
     from visualize.tables import recent_images
 
     # A few more candidates than slots, so a missing thumbnail is replaced, but a bucket
     # without any thumbnails is not probed document by document.
     candidates = recent_images(frame, args.previews * 3, args.sort).to_dict("records")
-    try:
-        thumbs, skipped = fetch_thumbnails(s3_client(settings), settings.s3_bucket, candidates, args.previews)
-    except (ClientError, BotoCoreError) as exc:
-        raise InfrastructureError("s3", f"fetching thumbnails from s3://{settings.s3_bucket} at "
-                                  f"{settings.s3_endpoint_url or 'AWS'} failed: {exc}") from None
+    thumbs, skipped = fetch_thumbnails(s3.client(settings), settings.s3_bucket, candidates, args.previews)
     for skip in skipped:
         where = f" (s3://{settings.s3_bucket}/{skip.key})" if skip.key else ""
         print(f"warning: preview of {skip.file_name} skipped: {skip.reason}{where}", file=sys.stderr)

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from imgpipe import cli
-from imgpipe.errors import InfrastructureError, UserError
+from imgpipe import aws, cli, s3
+from imgpipe.errors import UserError
 from imgpipe.settings import Settings
 from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, count_data_rows,
                                       merge_parts, prepare_output_dir, streaming_args)
@@ -110,7 +110,8 @@ def wait_for_step(emr, cluster_id: str, step_id: str, poll_seconds: float = 15.0
     state = None
     with cli.progress(None, f"EMR step {step_id}", unit="poll") as bar:
         while True:
-            step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
+            with aws.errors("emr", "describing step", step_id):
+                step = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]
             new_state = step["Status"]["State"]
             if new_state != state:
                 state = new_state
@@ -131,25 +132,25 @@ def wait_for_step(emr, cluster_id: str, step_id: str, poll_seconds: float = 15.0
 
 
 def cluster_reason(emr, cluster_id: str) -> str:
-    status = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+    with aws.errors("emr", "describing cluster", cluster_id):
+        status = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
     return f"{status['State']} {(status.get('StateChangeReason') or {}).get('Message', '')}".strip()
 
 
 def check_cluster(emr, cluster_id: str) -> None:
-    from botocore.exceptions import ClientError
-
     try:
-        state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
-    except ClientError as exc:
-        raise UserError(f"cannot use EMR cluster {cluster_id}: {exc.response['Error'].get('Message', exc)}") from None
+        with aws.errors("emr", "describing cluster", cluster_id):
+            state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+    except aws.AwsError as exc:
+        if exc.transient:
+            raise
+        raise UserError(f"cannot use EMR cluster {cluster_id}: {exc.message or exc.code}") from None
     if state in CLUSTER_GONE:
         raise UserError(f"EMR cluster {cluster_id} is {state}; start one or pass --create-cluster")
 
 
-def upload_job_files(s3, bucket: str, prefix: str, source: str, identity: bool) -> tuple[str, str, str]:
+def upload_job_files(s3_client, bucket: str, prefix: str, source: str, identity: bool) -> tuple[str, str, str]:
     """Put the CSV (unless it is on S3 already) and the scripts under the run prefix."""
-    from boto3.s3.transfer import TransferConfig
-
     uploads = []
     if source.startswith("s3://"):
         parse_s3_uri(source)
@@ -165,54 +166,34 @@ def upload_job_files(s3, bucket: str, prefix: str, source: str, identity: bool) 
     if not identity:
         uploads += [(MAPPER, mapper_key), (REDUCER, reducer_key)]
     for path, key in uploads:
-        _s3_call(f"upload {path} to s3://{bucket}/{key}", s3.upload_file, str(path), bucket, key,
-                 Config=TransferConfig(multipart_threshold=64 * 1024 * 1024))
+        s3.upload_file(s3_client, path, bucket, key)
     return input_uri, f"s3://{bucket}/{mapper_key}", f"s3://{bucket}/{reducer_key}"
 
 
-def download_parts(s3, bucket: str, prefix: str, output_dir: Path) -> list[Path]:
+def download_parts(s3_client, bucket: str, prefix: str, output_dir: Path) -> list[Path]:
     """Copy every part-* object under `prefix` into output_dir (created)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    paginator = s3.get_paginator("list_objects_v2")
     names = []
-    for page in _s3_call(f"list s3://{bucket}/{prefix}", lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix))):
-        for item in page.get("Contents", []):
-            name = item["Key"][len(prefix):]
-            if name.startswith("part-") and "/" not in name:
-                names.append(name)
-            elif name == "_SUCCESS":
-                (output_dir / "_SUCCESS").touch()
+    for item in s3.list_objects(s3_client, bucket, prefix):
+        name = item["Key"][len(prefix):]
+        if name.startswith("part-") and "/" not in name:
+            names.append(name)
+        elif name == "_SUCCESS":
+            (output_dir / "_SUCCESS").touch()
     paths = []
     for name in sorted(names):
-        _s3_call(f"download s3://{bucket}/{prefix}{name}", s3.download_file, bucket, prefix + name,
-                 str(output_dir / name))
+        s3.download_file(s3_client, bucket, prefix + name, output_dir / name)
         paths.append(output_dir / name)
     return paths
 
 
-def _s3_call(what: str, call, *args, **kwargs):
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return call(*args, **kwargs)
-    except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
-        raise InfrastructureError("s3", f"Failed to {what}: {exc}") from None
-
-
 def emr_client(settings: Settings):
     """An EMR client for AWS_REGION; AWS_ENDPOINT_URL_EMR (read by botocore) points it elsewhere."""
-    import boto3
-
-    return boto3.client("emr", region_name=settings.aws_region)
+    return aws.client(settings, "emr")
 
 
-def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3=None,
+def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3_client=None,
             sleep: Callable[[float], None] = time.sleep) -> JobResult:
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    from imgpipe.clients import s3_client
-
     if settings.s3_endpoint_url:
         raise UserError(f"--runner emr reads and writes AWS S3, but S3_ENDPOINT_URL is {settings.s3_endpoint_url} "
                         "(a local endpoint EMR cannot reach); run with S3_ENDPOINT_URL= (empty)")
@@ -222,7 +203,7 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
         raise UserError("--reducers must be at least 1")
     prepare_output_dir(spec.output_dir, spec.overwrite)
     emr = emr or emr_client(settings)
-    s3 = s3 or s3_client(settings)
+    s3_client = s3_client or s3.client(settings)
     bucket = settings.s3_bucket
     prefix = options.s3_prefix or new_run_prefix()
     prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -233,19 +214,21 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
     try:
         if cluster_id:
             check_cluster(emr, cluster_id)
-        input_uri, mapper_uri, reducer_uri = upload_job_files(s3, bucket, prefix, spec.input, spec.identity)
+        input_uri, mapper_uri, reducer_uri = upload_job_files(s3_client, bucket, prefix, spec.input, spec.identity)
         log.info("uploaded the job to s3://%s/%s", bucket, prefix)
         if options.create_cluster:
             definition = cluster_definition(release_label=options.release_label, instance_type=options.instance_type,
                                             log_uri=f"s3://{bucket}/{prefix}logs/")
-            cluster_id = emr.run_job_flow(**definition)["JobFlowId"]
+            with aws.errors("emr", "creating a cluster"):
+                cluster_id = emr.run_job_flow(**definition)["JobFlowId"]
             created = True
             log.info("created EMR cluster %s (%s, 2 x %s); it is terminated when the job ends",
                      cluster_id, options.release_label, options.instance_type)
         step = step_definition(input_uri=input_uri, output_uri=f"s3://{bucket}/{output_prefix}",
                                mapper_uri=mapper_uri, reducer_uri=reducer_uri, reducers=spec.reducers,
                                identity=spec.identity)
-        step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
+        with aws.errors("emr", "adding a step to", cluster_id):
+            step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
         log.info("added step %s to %s", step_id, cluster_id)
         try:
             wait_for_step(emr, cluster_id, step_id, options.poll_seconds, options.timeout_seconds, sleep=sleep)
@@ -254,17 +237,22 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
                 log.warning("the step keeps running; cancel it with: aws emr cancel-steps "
                             "--cluster-id %s --step-ids %s", cluster_id, step_id)
             raise
-        parts = download_parts(s3, bucket, output_prefix, spec.output_dir)
-    except NoCredentialsError:
-        raise UserError("no AWS credentials found (AWS_PROFILE, AWS_ACCESS_KEY_ID, or an instance role)") from None
-    except (BotoCoreError, ClientError) as exc:
-        raise InfrastructureError("emr", str(exc)) from None
+        parts = download_parts(s3_client, bucket, output_prefix, spec.output_dir)
+    except aws.AwsError as exc:
+        if exc.code == "NoCredentialsError":
+            raise UserError(exc.message) from None
+        raise
+    except s3.S3Error as exc:
+        if exc.code == "NoCredentialsError":
+            raise UserError("no AWS credentials found (AWS_PROFILE, AWS_ACCESS_KEY_ID, or an instance role)") from None
+        raise
     finally:
         if created:
             try:
-                emr.terminate_job_flows(JobFlowIds=[cluster_id])
+                with aws.errors("emr", "terminating cluster", cluster_id):
+                    emr.terminate_job_flows(JobFlowIds=[cluster_id])
                 log.info("terminating EMR cluster %s", cluster_id)
-            except (BotoCoreError, ClientError) as exc:
+            except aws.AwsError as exc:
                 log.error("could not terminate EMR cluster %s, do it by hand: %s", cluster_id, exc)
     if not parts:
         raise JobFailed(f"the step completed but wrote no part files under s3://{bucket}/{output_prefix}")

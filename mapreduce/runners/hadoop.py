@@ -4,14 +4,13 @@ mapreduce/hadoop/pom.xml into LOCAL_STATE_DIR/hadoop/libs, once."""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from imgpipe import jvm
 from imgpipe.errors import UserError
 from imgpipe.settings import Settings
 from mapreduce.runners.common import (MAPPER, MAPREDUCE_DIR, REDUCER, JobFailed, JobResult, JobSpec,
@@ -45,22 +44,17 @@ _COUNTER = re.compile(r"^\t\t(.+)=(-?\d+)$")
 
 def hadoop_libs(settings: Settings) -> Path:
     """The folder of Hadoop jars, fetched by Maven on first use."""
-    from stack.services import StackError, fetch_maven_jars
-
-    libs = settings.local_state_dir / "hadoop" / "libs"
     try:
-        fetch_maven_jars(HADOOP_DIR / "pom.xml", libs, "hadoop")
-    except StackError as exc:
+        return jvm.fetch_maven_jars(HADOOP_DIR / "pom.xml", settings.local_state_dir / "hadoop" / "libs", "hadoop")
+    except jvm.JvmError as exc:
         raise UserError(str(exc)) from None
-    return libs
 
 
 def java_binary() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if not java or not Path(java).exists():
-        raise UserError("--runner hadoop needs Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless)")
-    return java
+    try:
+        return jvm.java_binary("--runner hadoop")
+    except jvm.JvmError as exc:
+        raise UserError(str(exc)) from None
 
 
 def local_conf(tmp: Path, reducers: int, split_size: int | None) -> dict[str, str]:

@@ -1,0 +1,114 @@
+"""What the consumer counts while it runs: messages, documents, dead letters by stage, latency,
+the busy span and its CPU, and the process's peak memory. Reported in the status line and
+the summary; nothing here changes what the loop does."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    dead_letter_reasons: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # event_time -> searchable, seconds
+    started: float = field(default_factory=time.monotonic)
+    lag: int | None = None
+    # Monotonic times of the first message and of the last batch committed: the busy span,
+    # without start-up (index, topics, group join) or the idle tail before --max-idle-seconds.
+    first_message_at: float | None = None
+    last_committed_at: float | None = None
+    # CPU seconds of the whole process (all threads) at those two moments.
+    first_message_cpu: float | None = None
+    last_committed_cpu: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def rate(self) -> float:
+        return (self.indexed + self.dead_lettered) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def active_seconds(self) -> float | None:
+        if self.first_message_at is None or self.last_committed_at is None:
+            return None
+        return self.last_committed_at - self.first_message_at
+
+    def active_rate(self) -> float | None:
+        """Images per second from the first message to the last commit (what bench/ measures)."""
+        busy = self.active_seconds
+        return (self.indexed + self.dead_lettered) / busy if busy else None
+
+    def batch_started(self, messages: int) -> None:
+        if self.first_message_at is None:
+            self.first_message_at = time.monotonic()
+            self.first_message_cpu = time.process_time()
+        self.consumed += messages
+
+    def batch_committed(self, documents: list[dict], dead_lettered: int) -> None:
+        now = time.time()
+        for doc in documents:
+            latency = seconds_since(doc.get("event_time", ""), now)
+            if latency is not None:
+                self.latencies.append(latency)
+        self.indexed += len(documents)
+        self.dead_lettered += dead_lettered
+        self.batches += 1
+        self.last_committed_at = time.monotonic()
+        self.last_committed_cpu = time.process_time()
+
+    def latency(self, quantile: float) -> float | None:
+        if not self.latencies:
+            return None
+        if len(self.latencies) == 1:
+            return self.latencies[0]
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(quantile * 100) - 1]
+
+    def line(self) -> str:
+        lag = "?" if self.lag is None else str(self.lag)
+        return (f"consumed {self.consumed}, indexed {self.indexed}, dead-lettered {self.dead_lettered}, "
+                f"{self.rate():.1f} images/s, lag {lag}")
+
+    def as_dict(self) -> dict:
+        return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
+                "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
+                "active_seconds": _rounded(self.active_seconds, 3),
+                "active_images_per_second": _rounded(self.active_rate(), 2),
+                "active_cpu_seconds": (None if self.first_message_cpu is None or self.last_committed_cpu is None
+                                       else round(self.last_committed_cpu - self.first_message_cpu, 3)),
+                "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
+                "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from VmHWM: ru_maxrss also counts the
+    memory of the process that started us (fork/vfork + exec keeps its high-water mark), so a
+    consumer launched by a big parent would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def seconds_since(iso_time: str, now: float) -> float | None:
+    try:
+        return now - datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None

@@ -1,0 +1,260 @@
+"""Kafka: client configurations and factories, librdkafka's errors said in the pipeline's terms,
+topics, and the reads several scripts share (a topic's messages between offsets).
+
+Producers are idempotent with acks=all; consumers never auto-commit (offsets are committed by
+hand, only after the index has the batch). librdkafka's own log lines go through Python logging.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from imgpipe.errors import DENIED, NOT_FOUND, REJECTED, UNAVAILABLE, ServiceError, UserError
+from imgpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection refused, ...) go through Python logging, not raw stderr.
+_RDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+class KafkaError(ServiceError):
+    """A failed Kafka request: librdkafka's error `code` name (UNKNOWN_TOPIC_OR_PART, ...)."""
+
+    def __init__(self, operation: str, target: str, code: str, message: str, kind: str,
+                 summary: str | None = None):
+        super().__init__("kafka", operation, target, code, message, kind, summary=summary)
+
+
+_NOT_FOUND = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION", "UNKNOWN_TOPIC_ID"}
+_DENIED = {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
+           "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED"}
+_REJECTED = {"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_TOPIC_EXCEPTION", "INVALID_PARTITIONS",
+             "INVALID_REPLICATION_FACTOR", "INVALID_CONFIG", "POLICY_VIOLATION", "RECORD_LIST_TOO_LARGE",
+             "INVALID_RECORD", "_INVALID_ARG", "_BAD_MSG", "CORRUPT_MESSAGE"}
+
+
+def error_kind(name: str) -> str:
+    """What a librdkafka error name means for the caller."""
+    if name in _NOT_FOUND:
+        return NOT_FOUND
+    if name in _DENIED:
+        return DENIED
+    if name in _REJECTED:
+        return REJECTED
+    return UNAVAILABLE
+
+
+def translate(exc: BaseException, operation: str, target: str = "") -> KafkaError:
+    """A KafkaException (or a KafkaError object from a callback) as a KafkaError with context."""
+    if isinstance(exc, KafkaError):
+        return exc
+    error = exc.args[0] if getattr(exc, "args", None) else exc
+    name = error.name() if hasattr(error, "name") else type(exc).__name__
+    text = error.str() if hasattr(error, "str") else str(exc)
+    return KafkaError(operation, target, name, text, error_kind(name))
+
+
+def base_config(settings: Settings) -> dict:
+    config = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    config.update(settings.kafka_client_config)
+    return config
+
+
+def producer_config(settings: Settings, **overrides) -> dict:
+    config = base_config(settings)
+    # librdkafka defaults to idempotence off: turn it on so broker retries cannot duplicate
+    # or reorder events, and wait for all in-sync replicas.
+    config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                   "compression.type": "lz4", "logger": _RDKAFKA_LOG})
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: Settings, group_id: str | None = None, **overrides) -> dict:
+    config = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        # A crashed member's partitions wait this long before moving to a live one (librdkafka's
+        # default is 45 s). KAFKA_CLIENT_CONFIG may set another value.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "logger": _RDKAFKA_LOG,
+    }
+    config.update(settings.kafka_client_config)
+    config.update({
+        "group.id": group_id or settings.kafka_consumer_group,
+        # librdkafka starts new groups at the latest offset; a backlog must not be skipped.
+        "auto.offset.reset": "earliest",
+        # Offsets are committed by hand, only after the index has the batch.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+    })
+    config.update(overrides)
+    return config
+
+
+def producer(settings: Settings, **overrides):
+    from confluent_kafka import Producer
+
+    return Producer(producer_config(settings, **overrides))
+
+
+def consumer(settings: Settings, group_id: str | None = None, **overrides):
+    from confluent_kafka import Consumer
+
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def admin(settings: Settings, **overrides):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({**base_config(settings), "logger": _RDKAFKA_LOG, **overrides})
+
+
+def list_topics(settings: Settings, timeout: float = 10.0, topic: str | None = None, **overrides):
+    """The cluster's metadata; KafkaError ("cannot reach ...") when no broker answers in time."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return admin(settings, **overrides).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        error = translate(exc, "listing topics")
+        raise KafkaError("listing topics", "", error.code, error.message, UNAVAILABLE,
+                         summary=f"cannot reach {settings.kafka_bootstrap_servers} within {timeout:.0f} s "
+                                 f"({error.message})") from None
+
+
+def answers(settings: Settings) -> bool:
+    """True when a broker answers a metadata request within 2 s (a health check)."""
+    try:
+        return bool(list_topics(settings, timeout=2, **{"socket.connection.setup.timeout.ms": 2000,
+                                                        "log_level": 0}).brokers)
+    except KafkaError:
+        return False
+
+
+def ensure_topics(settings: Settings, topics: list[str], partitions: int | None = None,
+                  timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    client = admin(settings)
+    existing = list_topics(settings, timeout=timeout).topics
+    wanted = [NewTopic(t, num_partitions=partitions or settings.kafka_topic_partitions, replication_factor=-1)
+              for t in topics if t not in existing]
+    if not wanted:
+        return
+    for topic, future in client.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            error = translate(exc, "creating topic", topic)
+            if error.code != "TOPIC_ALREADY_EXISTS":
+                raise error from None
+
+
+def check_topic(settings: Settings, topic: str, timeout: float = 10.0) -> None:
+    """Fail fast, with one clear line, when the broker is unreachable or the topic is missing,
+    instead of letting librdkafka queue messages for minutes."""
+    metadata = list_topics(settings, timeout=timeout, topic=topic)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise UserError(f"Kafka topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
+                        "(`make up` creates it locally; on a real cluster create it or set KAFKA_TOPIC)")
+
+
+def delete_topics(settings: Settings, topics: Iterable[str], timeout: float = 30.0) -> list[str]:
+    """Delete those of `topics` that exist; returns the ones deleted."""
+    from confluent_kafka import KafkaException
+
+    client = admin(settings)  # must outlive the futures below
+    existing = client.list_topics(timeout=timeout).topics
+    doomed = sorted(t for t in set(topics) if t in existing)
+    if not doomed:
+        return []
+    for topic, future in client.delete_topics(doomed, operation_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            raise translate(exc, "deleting topic", topic) from None
+    return doomed
+
+
+def commit(consumer_client, next_offsets: dict[tuple[str, int], int]) -> None:
+    """Commit synchronously, for each (topic, partition), the offset of the next message to read."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
+    try:
+        consumer_client.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:
+        raise translate(exc, "committing offsets") from None
+
+
+def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """partition -> high watermark (the offset the next message will get)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    reader = consumer(settings, group_id="imgpipe-offsets-reader")
+    try:
+        metadata = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaError("reading offsets of", topic, "UNKNOWN_TOPIC_OR_PART", "no such topic", NOT_FOUND)
+        return {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in metadata.partitions}
+    except KafkaException as exc:
+        raise translate(exc, "reading offsets of", topic) from None
+    finally:
+        reader.close()
+
+
+def read_messages(settings: Settings, topic: str, start: dict[int, int] | None = None,
+                  end: dict[int, int] | None = None, timeout: float = 30.0) -> list:
+    """The messages of `topic` from `start` (default: the beginning) up to `end` (default: the
+    high watermarks now), each partition in offset order. Stops early if the time is up."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    start = start or {}
+    end = end if end is not None else end_offsets(settings, topic)
+    wanted = {p: (start.get(p, 0), high) for p, high in end.items() if high > start.get(p, 0)}
+    if not wanted:
+        return []
+    reader = consumer(settings, group_id="imgpipe-topic-reader")
+    messages = []
+    try:
+        reader.assign([TopicPartition(topic, p, low) for p, (low, _) in wanted.items()])
+        remaining = {p: high for p, (_, high) in wanted.items()}
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            partition = msg.partition()
+            if partition in remaining and msg.offset() < remaining[partition]:
+                messages.append(msg)
+            if partition in remaining and msg.offset() + 1 >= remaining[partition]:
+                del remaining[partition]
+    except KafkaException as exc:
+        raise translate(exc, "reading", topic) from None
+    finally:
+        reader.close()
+    return messages
+
+
+def committed_offsets(settings: Settings, topic: str, group_id: str | None = None,
+                      timeout: float = 10.0) -> dict[int, int]:
+    """partition -> committed offset of the group (-1001 when nothing is committed)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    reader = consumer(settings, group_id=group_id)
+    try:
+        partitions = reader.list_topics(topic, timeout=timeout).topics[topic].partitions
+        committed = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        return {tp.partition: tp.offset for tp in committed}
+    except KafkaException as exc:
+        raise translate(exc, "reading committed offsets of", topic) from None
+    finally:
+        reader.close()
