@@ -38,6 +38,7 @@ class Settings:
     s3_bucket: str = "images"
     s3_raw_prefix: str = "raw/"
     s3_processed_prefix: str = "processed/"
+    s3_export_prefix: str = "data/"  # where export_csv.py --upload puts the CSV
     s3_allowed_buckets: tuple[str, ...] = ()
     # MeiliSearch
     meili_url: str = "http://127.0.0.1:7700"
@@ -54,6 +55,11 @@ class Settings:
     thumbnail_size: int = 256
     grayscale_max_size: int = 1024  # 0 means full size
     face_detection: bool = True
+    # Per-image budgets: wall time of processing, decoded size estimated from the header, and a
+    # hard memory cap on each worker process (what gets past the estimate kills only its worker).
+    processing_timeout_seconds: int = 30
+    max_decode_bytes: int = 512 * 1024 * 1024
+    worker_memory_mb: int = 2048  # address space per worker; 0 means no cap
     # Local stack
     local_state_dir: Path = REPO_ROOT / ".local"
 
@@ -90,6 +96,7 @@ ENV_VARS: dict[str, str] = {
     "S3_BUCKET": "s3_bucket",
     "S3_RAW_PREFIX": "s3_raw_prefix",
     "S3_PROCESSED_PREFIX": "s3_processed_prefix",
+    "S3_EXPORT_PREFIX": "s3_export_prefix",
     "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
     "MEILI_URL": "meili_url",
     "MEILI_MASTER_KEY": "meili_master_key",
@@ -104,13 +111,17 @@ ENV_VARS: dict[str, str] = {
     "THUMBNAIL_SIZE": "thumbnail_size",
     "GRAYSCALE_MAX_SIZE": "grayscale_max_size",
     "FACE_DETECTION": "face_detection",
+    "PROCESSING_TIMEOUT_SECONDS": "processing_timeout_seconds",
+    "MAX_DECODE_BYTES": "max_decode_bytes",
+    "WORKER_MEMORY_MB": "worker_memory_mb",
     "LOCAL_STATE_DIR": "local_state_dir",
 }
 ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
 
 _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_batch_ms",
-                  "max_object_bytes", "max_image_pixels", "thumbnail_size"}
-_ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size"}
+                  "max_object_bytes", "max_image_pixels", "thumbnail_size", "processing_timeout_seconds",
+                  "max_decode_bytes"}
+_ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -154,9 +165,28 @@ def _parse(attr: str, raw: str):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"must be an http(s) URL, got {raw!r}")
         return raw.rstrip("/")
-    if attr in ("s3_raw_prefix", "s3_processed_prefix"):
+    if attr in ("s3_raw_prefix", "s3_processed_prefix", "s3_export_prefix"):
         return raw if not raw or raw.endswith("/") else raw + "/"
     return raw
+
+
+def _shown(prefix: str) -> str:
+    return repr(prefix) if prefix else "empty: the whole bucket"
+
+
+def _overlapping_prefixes(settings: Settings) -> list[str]:
+    """The pipeline must not eat its own output: the producer announces everything under the raw
+    prefix, so derived images or the exported CSV written inside it would be processed again (and
+    again). A prefix contains another when one starts with the other; the empty prefix contains all."""
+    named = [("S3_RAW_PREFIX", settings.s3_raw_prefix), ("S3_PROCESSED_PREFIX", settings.s3_processed_prefix),
+             ("S3_EXPORT_PREFIX", settings.s3_export_prefix)]
+    problems = []
+    for i, (name_a, a) in enumerate(named):
+        for name_b, b in named[i + 1:]:
+            if a.startswith(b) or b.startswith(a):
+                problems.append(f"{name_a} ({_shown(a)}) and {name_b} ({_shown(b)}) must not contain one another "
+                                "(the pipeline would process its own output)")
+    return problems
 
 
 def settings_from_mapping(env: Mapping[str, str]) -> Settings:
@@ -177,9 +207,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
             problems.append(f"{ENV_VAR_OF[name]} must not be empty")
     if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
         problems.append("KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC")
-    if settings.s3_processed_prefix == settings.s3_raw_prefix:
-        problems.append("S3_PROCESSED_PREFIX must differ from S3_RAW_PREFIX "
-                        "(derived images would be processed again)")
+    problems += _overlapping_prefixes(settings)
     if settings.meili_master_key and len(settings.meili_master_key.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
         problems.append(f"MEILI_MASTER_KEY must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes "
                         f"(it is {len(settings.meili_master_key.encode())})")

@@ -33,7 +33,7 @@ from imgpipe.settings import Settings, load_settings
 log = logging.getLogger("mapreduce.export_csv")
 
 COLUMNS: tuple[str, ...] = tuple(FIELDS)
-DEFAULT_S3_KEY = "data/image_metadata.csv"
+CSV_NAME = "image_metadata.csv"
 PAGE_SIZE = 1000
 
 
@@ -92,22 +92,28 @@ def export(settings: Settings, out_path: Path, show_progress: bool | None = None
     return rows, reader.total, reader.method
 
 
-def upload(settings: Settings, path: Path, key: str = DEFAULT_S3_KEY) -> str:
-    """Upload the CSV to s3://<S3_BUCKET>/<key>; returns the URI."""
+def upload(settings: Settings, path: Path, key: str | None = None) -> str:
+    """Upload the CSV to s3://<S3_BUCKET>/<key> (default S3_EXPORT_PREFIX + image_metadata.csv);
+    returns the URI. A key under S3_RAW_PREFIX is refused: the producer would announce it."""
+    key = settings.s3_export_prefix + CSV_NAME if key is None else key
+    if key.startswith(settings.s3_raw_prefix):
+        raise UserError(f"--s3-key {key!r} is under S3_RAW_PREFIX ({settings.s3_raw_prefix!r}): the pipeline "
+                        "would process its own export; choose another key")
     return s3.upload_file(s3.client(settings), path, settings.s3_bucket, key, "text/csv; charset=utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("python mapreduce/export_csv.py", __doc__, [
         "python mapreduce/export_csv.py --out out/image_metadata.csv",
-        "python mapreduce/export_csv.py --out out/image_metadata.csv --upload   # also to s3://$S3_BUCKET/data/",
+        "python mapreduce/export_csv.py --out out/image_metadata.csv --upload   # also to s3://$S3_BUCKET/$S3_EXPORT_PREFIX",
         "MEILI_INDEX=test_images python mapreduce/export_csv.py --out /tmp/test.csv",
     ])
     p.add_argument("--out", required=True, type=Path, help="CSV file to write")
     p.add_argument("--index", help="MeiliSearch index to export (env MEILI_INDEX; default image_metadata)")
     p.add_argument("--upload", action="store_true",
                    help="also upload the CSV to s3://<S3_BUCKET>/<--s3-key> (env S3_BUCKET, S3_ENDPOINT_URL)")
-    p.add_argument("--s3-key", default=DEFAULT_S3_KEY, help="object key of the upload")
+    p.add_argument("--s3-key", help=f"object key of the upload (default: S3_EXPORT_PREFIX + {CSV_NAME}, "
+                                   "data/image_metadata.csv)")
     p.add_argument("--page-size", type=int, default=PAGE_SIZE, help="documents per request")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings.with_overrides(meili_index=args.index)
         if args.page_size < 1:
             raise UserError("--page-size must be at least 1")
+        if args.upload and args.s3_key is not None and args.s3_key.startswith(settings.s3_raw_prefix):
+            upload(settings, args.out, args.s3_key)  # refuses it, before the export runs
         if args.out.is_dir():
             raise UserError(f"--out {args.out} is a directory; give a file name")
         started = time.monotonic()

@@ -52,6 +52,22 @@ def test_prefixes_get_a_trailing_slash_and_must_differ():
         settings_from_mapping({"S3_RAW_PREFIX": "x/", "S3_PROCESSED_PREFIX": "x/"})
 
 
+@pytest.mark.parametrize("env, named", [
+    ({"S3_RAW_PREFIX": "images/", "S3_PROCESSED_PREFIX": "images/processed/"}, "S3_PROCESSED_PREFIX"),
+    ({"S3_RAW_PREFIX": "images/new/", "S3_PROCESSED_PREFIX": "images/"}, "S3_PROCESSED_PREFIX"),
+    ({"S3_RAW_PREFIX": "raw/", "S3_EXPORT_PREFIX": "raw/exports/"}, "S3_EXPORT_PREFIX"),
+    ({"S3_PROCESSED_PREFIX": "out/", "S3_EXPORT_PREFIX": "out/csv/"}, "S3_EXPORT_PREFIX"),
+    ({"S3_RAW_PREFIX": ""}, "empty: the whole bucket"),
+])
+def test_prefixes_that_contain_one_another_are_refused(env, named):
+    """The producer announces everything under the raw prefix: derived images or an export
+    inside it would be processed again, forever."""
+    with pytest.raises(SettingsError, match="must not contain one another") as err:
+        settings_from_mapping(env)
+    assert named in str(err.value)
+    assert settings_from_mapping({"S3_RAW_PREFIX": "raw/", "S3_PROCESSED_PREFIX": "raw-processed/"})
+
+
 def test_reading_prefers_the_search_key_and_indexing_the_admin_key():
     s = Settings(meili_master_key="m" * 16, meili_admin_key="a" * 16, meili_search_key="s" * 16)
     assert s.indexing_key == "a" * 16 and s.reading_key == "s" * 16
