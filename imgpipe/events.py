@@ -14,6 +14,8 @@ from imgpipe.errors import MessageError
 SCHEMA_VERSION = 1
 # A real event is a few hundred bytes; anything far larger is junk and is not parsed.
 MAX_EVENT_BYTES = 64 * 1024
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+MAX_OBJECT_SIZE = 5 * 1024 ** 4  # S3's limit on an object, 5 TiB
 # ensure_ascii=False keeps unicode keys byte-exact (NFC and NFD stay distinct).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _REQUIRED = {"bucket": str, "key": str, "size": int, "etag": str, "last_modified": str, "event_time": str}
@@ -44,6 +46,15 @@ def to_iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: str) -> datetime | None:
+    """A UTC ISO-8601 time ('2026-11-25T16:40:31.123Z', offsets allowed), or None if it is not one."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, TypeError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def event_for_object(bucket: str, obj: dict) -> ImageEvent:
     """An event from one entry of S3 ListObjectsV2 `Contents`."""
     return ImageEvent(bucket=bucket, key=obj["Key"], size=int(obj["Size"]),
@@ -59,10 +70,15 @@ def parse_event(value: bytes | None) -> ImageEvent:
         raise MessageError("validate", f"message is {len(value)} bytes, more than the {MAX_EVENT_BYTES} allowed")
     try:
         data = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise MessageError("validate", "message is not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise MessageError("validate", f"message is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise MessageError("validate", f"message is not JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise MessageError("validate", "message is JSON nested too deeply to parse") from None
+    except Exception as exc:  # e.g. an integer of more than 4300 digits (ValueError): whatever Python refuses
+        raise MessageError("validate", f"message is JSON Python cannot parse ({type(exc).__name__}: "
+                                       f"{str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise MessageError("validate", f"message is a JSON {type(data).__name__}, not an object")
     version = data.get("schema_version")
@@ -78,6 +94,18 @@ def parse_event(value: bytes | None) -> ImageEvent:
         raise MessageError("validate", "; ".join(wrong))
     if not data["bucket"] or not data["key"]:
         raise MessageError("validate", "bucket and key must not be empty")
-    if data["size"] < 0:
-        raise MessageError("validate", f"size must not be negative, got {data['size']}")
+    for name, kind in _REQUIRED.items():
+        if kind is str:
+            try:
+                data[name].encode("utf-8")
+            except UnicodeEncodeError:  # "\ud800" is valid JSON, but no S3 key or document can hold it
+                raise MessageError("validate", f"{name} is not valid Unicode (it holds a lone surrogate)") from None
+    if len(data["key"].encode("utf-8")) > MAX_KEY_BYTES:
+        raise MessageError("validate", f"key is longer than S3's {MAX_KEY_BYTES} bytes")
+    if not 0 <= data["size"] <= MAX_OBJECT_SIZE:
+        raise MessageError("validate", f"size must be between 0 and S3's {MAX_OBJECT_SIZE} bytes, got "
+                                       f"{str(data['size'])[:40]}")
+    for name in ("last_modified", "event_time"):
+        if parse_iso(data[name]) is None:
+            raise MessageError("validate", f"{name} is not an ISO-8601 time: {data[name][:40]!r}")
     return ImageEvent(**{name: data[name] for name in _REQUIRED}, schema_version=version)
