@@ -73,7 +73,8 @@ def print_summary(report, settings) -> None:
     print(tabulate(rows, tablefmt="simple"))
     if report.dead_letters:
         print("\ndead letters (topic %s):" % settings.kafka_dead_letter_topic)
-        print(tabulate(report.dead_letters, headers=["key", "reason"], tablefmt="simple", maxcolwidths=[40, 70]))
+        print(tabulate([(cli.printable(key), cli.printable(reason)) for key, reason in report.dead_letters],
+                       headers=["key", "reason"], tablefmt="simple", maxcolwidths=[40, 70]))
     print("\nsteps:")
     print(tabulate([(name, f"{sec:.1f} s") for name, sec in report.steps], tablefmt="simple"))
     print("\ncharts:")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -15,11 +16,40 @@ EXIT_INTERRUPTED = 130
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# Characters that act on a terminal or fake a line instead of showing: C0 and C1 controls (ANSI
+# escape sequences start with one), bidirectional overrides, zero-width marks. S3 keys may hold any.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_SHOWN = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _SHOWN.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(text, keep_newlines: bool = False) -> str:
+    """`text` safe for a terminal, a table cell or a log line: every control character (newlines
+    too, unless kept), bidi override and zero-width mark is shown as an escape such as \\x1b."""
+    text = str(text)
+    if keep_newlines:
+        return "\n".join(_UNPRINTABLE.sub(_escape, line) for line in text.split("\n"))
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines whose message cannot fake another line or drive the terminal (a key with a
+    newline or an ANSI escape in it); tracebacks keep their own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
 
 def setup_logging(verbose: bool = False) -> None:
     """Configure logging once, for the program; libraries only get named loggers."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
-                        stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # Wire-level logs of the clients would print request headers (credentials); keep them quiet.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -45,10 +75,10 @@ def run(main: Callable[[], int]) -> int:
     try:
         return main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc, keep_newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
     except InfrastructureError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc, keep_newlines=True)}", file=sys.stderr)
         return EXIT_FAILURES
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

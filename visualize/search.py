@@ -77,7 +77,7 @@ def hits_table(hits: list[dict], tablefmt: str = "simple") -> str:
     if not hits:
         return ""
     frame = to_frame(hits)
-    rows = [row + [key or ""] for row, key in zip(image_rows(frame), frame["key"])]
+    rows = [row + [cli.printable(key or "")] for row, key in zip(image_rows(frame), frame["key"])]
     return render(rows, HIT_COLUMNS, tablefmt)
 
 

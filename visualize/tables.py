@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from imgpipe.cli import printable
 from imgpipe.document import FIELDS
 from imgpipe.errors import UserError
 from visualize.mapreduce_output import dimensions, ordered
@@ -43,10 +44,11 @@ def image_rows(frame) -> list[list]:
     for doc in frame.to_dict("records"):
         width, height = _int_text(doc.get("width")), _int_text(doc.get("height"))
         size = doc.get("size_kb")
-        rows.append([doc.get("file_name") or doc.get("key") or doc.get("id") or "",
+        # Keys can hold anything, escape sequences and newlines included: they are shown escaped.
+        rows.append([printable(doc.get("file_name") or doc.get("key") or doc.get("id") or ""),
                      size if size == size else None,  # NaN -> empty cell
                      f"{width}×{height}" if width and height else "",
-                     doc.get("format") or "", _int_text(doc.get("faces")), utc_time(doc.get("timestamp"))])
+                     printable(doc.get("format") or ""), _int_text(doc.get("faces")), utc_time(doc.get("timestamp"))])
     return rows
 
 

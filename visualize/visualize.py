@@ -146,7 +146,7 @@ def write_previews(settings: Settings, frame, args) -> Path | None:
     thumbs, skipped = fetch_thumbnails(s3.client(settings), settings.s3_bucket, candidates, args.previews)
     for skip in skipped:
         where = f" (s3://{settings.s3_bucket}/{skip.key})" if skip.key else ""
-        print(f"warning: preview of {skip.file_name} skipped: {skip.reason}{where}", file=sys.stderr)
+        print(cli.printable(f"warning: preview of {skip.file_name} skipped: {skip.reason}{where}"), file=sys.stderr)
     if not thumbs:
         print("no thumbnails to preview", file=sys.stderr)
         return None
@@ -207,7 +207,7 @@ def visualize(args) -> int:
         try:
             preview = write_previews(settings, frame, args)
         except InfrastructureError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {cli.printable(exc)}", file=sys.stderr)
             preview, failed = None, True
         if preview is not None:
             written.append(preview)
