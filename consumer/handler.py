@@ -2,7 +2,6 @@
 the document. Indexing and committing happen per batch, in consumer/loop.py."""
 from __future__ import annotations
 
-import threading
 import time
 
 from imgpipe.document import DerivedKeys, ProcessingRun, to_document
@@ -10,8 +9,8 @@ from imgpipe.errors import MessageError
 from imgpipe.events import ImageEvent, utc_now_iso
 from imgpipe.settings import Settings
 
-from consumer.processing import ProcessingOptions, process_image
 from consumer.storage import ObjectStore
+from consumer.workers import ProcessingPool
 
 
 def check_bucket_allowed(event: ImageEvent, allowed: tuple[str, ...]) -> None:
@@ -22,23 +21,20 @@ def check_bucket_allowed(event: ImageEvent, allowed: tuple[str, ...]) -> None:
 
 
 class ImageHandler:
-    """Runs on a pool larger than `workers`: S3 transfers of some images overlap with the
-    OpenCV work of others, while the semaphore keeps CPU-bound processing to `workers` at once
-    (OpenCV releases the GIL, so each one can use a core)."""
+    """Runs on a thread pool larger than the processing pool: S3 transfers of some images overlap
+    with the OpenCV work of others, which runs in the pool's worker processes, `workers` at once."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, workers: int):
+    def __init__(self, settings: Settings, store: ObjectStore, processing: ProcessingPool):
         self.settings = settings
         self.store = store
-        self.options = ProcessingOptions.from_settings(settings)
-        self._processing_slots = threading.BoundedSemaphore(workers)
+        self.processing = processing
 
     def handle(self, event: ImageEvent) -> dict:
         """Raises MessageError (dead-letter) or, on shutdown during an outage, Stopped."""
         started = time.perf_counter()
         check_bucket_allowed(event, self.settings.allowed_buckets)
-        data, source = self.store.fetch(event.bucket, event.key, self.options.max_object_bytes)
-        with self._processing_slots:
-            image = process_image(data, self.options)
+        data, source = self.store.fetch(event.bucket, event.key, self.settings.max_object_bytes)
+        image = self.processing.process(data)
         derived = DerivedKeys.of(self.settings.s3_processed_prefix, event.bucket, event.key)
         self.store.put(derived.thumbnail, image.thumbnail_jpeg, "image/jpeg")
         self.store.put(derived.grayscale, image.grayscale_jpeg, "image/jpeg")

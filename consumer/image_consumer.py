@@ -8,10 +8,12 @@ the same KAFKA_CONSUMER_GROUP to share the topic's partitions.
 
 Settings come from the environment and .env: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
 KAFKA_DEAD_LETTER_TOPIC, KAFKA_CONSUMER_GROUP, S3_*, MEILI_*, CONSUMER_*, MAX_*, THUMBNAIL_SIZE,
-FACE_DETECTION. SIGTERM or Ctrl-C finishes the batch in flight and commits; a second one exits
+FACE_DETECTION, and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
+No message or object can stop it: each ends indexed, dead-lettered with a reason, or retried. SIGTERM or Ctrl-C finishes the batch in flight and commits; a second one exits
 at once.
 
-Exit status: 0 stopped cleanly, 1 a service failed at start-up, 2 usage or settings error,
+Exit status: 0 stopped cleanly, 1 a service failed at start-up, 2 usage or settings error (also a
+MeiliSearch index keyed by another field, an invalid index name, a refused key, a missing bucket),
 130 stopped by a second signal.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def build_parser():
         "python consumer/image_consumer.py --max-idle-seconds 10    # drain the topic, then exit",
         "python consumer/image_consumer.py --workers 4 --batch-size 500",
         "python consumer/image_consumer.py --group reindex-2026 --summary-json out/consumer.json"])
-    p.add_argument("--workers", type=int, help="processing threads (env CONSUMER_WORKERS; 0 = one per core)")
+    p.add_argument("--workers", type=int, help="processing worker processes (env CONSUMER_WORKERS; 0 = one per core)")
     p.add_argument("--batch-size", type=int, help="messages per batch at most (env CONSUMER_BATCH_SIZE)")
     p.add_argument("--batch-ms", type=int, help="wait at most this long to fill a batch (env CONSUMER_BATCH_MS)")
     p.add_argument("--group", help="consumer group id (env KAFKA_CONSUMER_GROUP)")
@@ -94,19 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_overrides(**overrides)
         workers = settings.consumer_workers or os.cpu_count() or 1
 
-        # Before anything decodes (and before cv2 loads, so OpenCV's own ceiling is ours too).
-        from consumer.imageguard import apply_decoder_limits
-
-        apply_decoder_limits(settings.max_image_pixels)
+        # Images are decoded only in the processing pool's worker processes (consumer/workers.py),
+        # each of which applies the decoder limits before it loads OpenCV.
         from consumer.loop import BatchConsumer
         from imgpipe.retry import Stopped
 
-        import cv2
-
-        # Parallelism comes from our workers; OpenCV's own threads would only compete with them.
-        cv2.setNumThreads(1)
-        # Every corrupt PNG would print an OpenCV warning; the dead-letter reason already says it.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         bar = cli.progress(None, "images", unit="img", enabled=args.progress)
         runner = BatchConsumer(settings, workers=workers, max_idle_seconds=args.max_idle_seconds,
                                status_interval=args.status_interval, on_batch=bar.update)
@@ -125,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"consumer: {stats.line()}; {summary['seconds']:.1f} s"
               + (f"; latency p50 {summary['latency_p50_s']:.2f} s, p95 {summary['latency_p95_s']:.2f} s"
                  if summary["latency_p50_s"] is not None else "")
-              + "".join(f"\n  dead-lettered at {stage}: {n}" for stage, n in sorted(stats.dead_letter_reasons.items())),
+              + "".join(f"\n  dead-lettered at {stage}: {n}" for stage, n in sorted(stats.dead_letter_reasons.items()))
+              + (f"\n  dead letters written without the original key and value (refused by the broker): "
+                 f"{stats.dead_letters_minimal}" if stats.dead_letters_minimal else "")
+              + (f"\n  dead letters the broker refused altogether (originals stay in {settings.kafka_topic}): "
+                 f"{stats.dead_letters_refused}" if stats.dead_letters_refused else ""),
               file=sys.stderr)
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)

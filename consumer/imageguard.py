@@ -88,6 +88,10 @@ class ImageHeader:
     mode: str  # Pillow's mode from the header: L, RGB, RGBA, P, CMYK, I;16, ...
     has_alpha: bool  # an alpha channel or a transparent palette entry
     orientation: int = 1  # EXIF orientation 1-8 (1 when absent or unreadable)
+    # What the decoder will hand back per pixel (OpenCV, as processing calls it): channels and
+    # bytes per sample, for the decoded-size budget.
+    decoded_channels: int = 3
+    bytes_per_sample: int = 1
 
     @property
     def pixels(self) -> int:
@@ -211,4 +215,36 @@ def check_image(data: bytes, max_object_bytes: int, max_image_pixels: int) -> Im
             "guard", f"{width}x{height} = {width * height / 1e6:.1f} megapixels, above "
                      f"OPENCV_IO_MAX_IMAGE_PIXELS={opencv_limit} (export MAX_IMAGE_PIXELS "
                      f"before the consumer starts to raise both)")
-    return ImageHeader(fmt, width, height, mode, has_alpha, _orientation(image, fmt))
+    channels, sample_bytes = _decoded_layout(data, image, fmt, mode, has_alpha)
+    return ImageHeader(fmt, width, height, mode, has_alpha, _orientation(image, fmt), channels, sample_bytes)
+
+
+# Channels OpenCV returns for Pillow's mode with IMREAD_UNCHANGED (PNG, TIFF, WebP, BMP, GIF).
+_MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "LA": 2, "La": 2, "PA": 4, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                  "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 1, "F": 1, "I;16": 1, "I;16B": 1, "I;16L": 1}
+
+
+def _decoded_layout(data: bytes, image, fmt: str, mode: str, has_alpha: bool) -> tuple[int, int]:
+    """(channels, bytes per sample) of the decoded image, read from the header."""
+    if fmt == "jpeg":  # IMREAD_COLOR or IMREAD_GRAYSCALE: 8 bits, CMYK comes out as BGR
+        return (1 if mode == "L" else 3), 1
+    if fmt == "png":
+        # Pillow reports a 16-bit RGB PNG as mode RGB: the bit depth is in IHDR itself.
+        bit_depth, colour_type = data[24], data[25]
+        channels = {0: 1, 2: 3, 3: 4 if has_alpha else 3, 4: 2, 6: 4}.get(colour_type, 4)
+        return channels, 2 if bit_depth == 16 else 1
+    if fmt == "tiff":
+        try:
+            bits = image.tag_v2.get(258, (8,))
+            samples = int(image.tag_v2.get(277, 1))
+            widest = max(bits) if isinstance(bits, (tuple, list)) else int(bits)
+        except (TypeError, ValueError):
+            return 4, 8  # unreadable tags: assume the widest layout, so the budget errs on the safe side
+        return max(1, min(samples, 8)), max(1, -(-int(widest) // 8))
+    channels = _MODE_CHANNELS.get(mode, 4)
+    return (4 if has_alpha and channels < 4 else channels), 1
+
+
+def decoded_bytes(header: ImageHeader, scale: int = 1) -> int:
+    """Bytes the decoder allocates for the pixels, decoding at 1/scale (JPEG's reduced decodes)."""
+    return -(-header.width // scale) * -(-header.height // scale) * header.decoded_channels * header.bytes_per_sample

@@ -2,6 +2,12 @@
 
 A 202 from MeiliSearch only means "enqueued": offsets may be committed only once the task
 reports `succeeded`, or a crash in between would lose documents that Kafka thinks are done.
+
+A batch whose task fails because of its documents is split in halves, and again, until the
+documents at fault are found: only they are dead-lettered, the rest is indexed. A failure of
+MeiliSearch itself (disk full, internal error) is retried like an outage, never split.
+A misconfiguration found at start-up (the index keyed by another field, an invalid index name,
+a refused key) is the user's to fix: UserError, exit 2, instead of retrying forever.
 """
 from __future__ import annotations
 
@@ -10,11 +16,25 @@ import threading
 
 from imgpipe import meili
 from imgpipe.document import INDEX_SETTINGS
-from imgpipe.errors import NOT_FOUND
+from imgpipe.errors import DENIED, FAILED, NOT_FOUND, REJECTED, UserError
 from imgpipe.retry import retry_until_stopped
 from imgpipe.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Task failures that say nothing about the documents: MeiliSearch itself is failing.
+SERVICE_FAILURE_CODES = frozenset({"internal", "io_error", "no_space_left_on_device", "database_size_limit_reached",
+                                   "too_many_open_files", "index_not_found", "task_not_found",
+                                   "index_creation_failed", "unretrievable_error", "too_many_search_requests"})
+
+
+class DocumentsRefused(Exception):
+    """MeiliSearch refused a batch because of (some of) its documents."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class Indexer:
@@ -27,40 +47,81 @@ class Indexer:
     def _wait(self, task_uid: int, what: str) -> None:
         meili.wait_for_task(self.client, self.settings, task_uid, what, self.settings.meili_index)
 
-    def _retried(self, operation, what: str):
-        """Run `operation` until it works: every MeiliError is retried like an outage, a refused
-        key included (retrying will not help until the operator fixes it, but dropping the batch
-        would lose it; the retry log says why)."""
-
-        def attempt():
-            with meili.errors(what, self.settings, self.settings.meili_index):
-                return operation()
-
-        return retry_until_stopped(attempt, self.stop)
-
     def ensure_index(self) -> None:
-        """Create the index with `id` as primary key and apply the filterable/sortable settings."""
+        """Create the index with `id` as primary key and apply the filterable/sortable settings.
+        Raises UserError for what waiting cannot fix."""
         name = self.settings.meili_index
 
-        def apply() -> None:
+        def prepare() -> None:
             try:
                 with meili.errors("looking up", self.settings, name):
                     current = self.index.fetch_info()
                 if current.primary_key not in (None, "id"):
-                    log.warning("index %s has primary key %r, expected 'id'", name, current.primary_key)
+                    raise UserError(f"MeiliSearch index {name!r} (MEILI_INDEX) has primary key "
+                                    f"{current.primary_key!r}, but the pipeline's documents are keyed by 'id': "
+                                    "choose another MEILI_INDEX or delete that index")
             except meili.MeiliError as exc:
                 if exc.kind != NOT_FOUND:
                     raise
                 self._wait(self.client.create_index(name, {"primaryKey": "id"}).task_uid, "creating the index")
             self._wait(self.index.update_settings(INDEX_SETTINGS).task_uid, "updating the index settings")
 
-        self._retried(apply, "preparing index")
+        def attempt() -> None:
+            try:
+                with meili.errors("preparing index", self.settings, name):
+                    prepare()
+            except meili.MeiliError as exc:
+                raise _misconfiguration(exc, self.settings) from None  # an outage stays a MeiliError: retried
 
-    def add(self, documents: list[dict]) -> None:
-        """Index a batch and return once MeiliSearch has it (retried through outages)."""
+        retry_until_stopped(attempt, self.stop)
+
+    def add(self, documents: list[dict]) -> dict[int, str]:
+        """Index a batch and return once MeiliSearch has it (retried through outages). Returns the
+        positions of the documents MeiliSearch refused, with why; every other one is indexed."""
+        refused: dict[int, str] = {}
+        self._add_part(documents, list(range(len(documents))), refused)
+        return refused
+
+    def _add_part(self, documents: list[dict], positions: list[int], refused: dict[int, str]) -> None:
+        part = [documents[i] for i in positions]
 
         def add_and_wait() -> None:
-            task = self.index.add_documents(documents, primary_key="id")
-            self._wait(task.task_uid, f"indexing {len(documents)} documents")
+            try:
+                with meili.errors(f"indexing {len(part)} documents", self.settings, self.settings.meili_index):
+                    task = self.index.add_documents(part, primary_key="id")
+                self._wait(task.task_uid, f"indexing {len(part)} documents")
+            except meili.MeiliError as exc:
+                if _about_the_documents(exc):
+                    raise DocumentsRefused(exc.code, exc.message) from None
+                raise
 
-        self._retried(add_and_wait, f"indexing {len(documents)} documents")
+        try:
+            retry_until_stopped(add_and_wait, self.stop)
+        except DocumentsRefused as exc:
+            if len(positions) == 1:
+                refused[positions[0]] = f"MeiliSearch refused the document ({exc.code}: {exc.message})"
+                return
+            log.info("MeiliSearch refused a batch of %d (%s); splitting it to find the documents at fault",
+                     len(positions), exc.code)
+            middle = len(positions) // 2
+            self._add_part(documents, positions[:middle], refused)
+            self._add_part(documents, positions[middle:], refused)
+
+
+def _about_the_documents(exc: meili.MeiliError) -> bool:
+    """A failed task or a refused request that the documents themselves caused."""
+    if exc.kind == FAILED:
+        return exc.code not in SERVICE_FAILURE_CODES
+    # The request was refused before a task existed: a payload too large or unreadable.
+    return exc.kind == REJECTED and exc.code in ("payload_too_large", "malformed_payload", "invalid_document_id",
+                                                 "missing_document_id", "bad_request")
+
+
+def _misconfiguration(exc: meili.MeiliError, settings: Settings) -> Exception:
+    if exc.kind == DENIED:
+        return UserError(f"MeiliSearch at {settings.meili_url} refused the indexing key (MEILI_ADMIN_KEY, else "
+                         f"MEILI_MASTER_KEY): {exc.message}")
+    if exc.kind in (REJECTED, FAILED) and exc.code not in SERVICE_FAILURE_CODES:
+        return UserError(f"MeiliSearch refused index {settings.meili_index!r} (MEILI_INDEX): {exc.code}: "
+                         f"{exc.message}")
+    return exc

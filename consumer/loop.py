@@ -23,6 +23,7 @@ from consumer.handler import ImageHandler
 from consumer.indexer import Indexer
 from consumer.stats import Stats
 from consumer.storage import ObjectStore
+from consumer.workers import ProcessingPool
 
 log = logging.getLogger("consumer")
 
@@ -70,10 +71,13 @@ class BatchConsumer:
 
     def run(self) -> Stats:
         kafka.ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
-        store = ObjectStore(s3.client(self.settings), self.settings.s3_bucket, self.stop)
-        handler = ImageHandler(self.settings, store, self.workers)
+        store = ObjectStore(s3.client(self.settings, pool_size=self.workers * IO_THREADS_PER_WORKER + 4),
+                            self.settings.s3_bucket, self.stop)
+        store.check_output_bucket()
         indexer = Indexer(self.settings, self.stop)
         indexer.ensure_index()
+        processing = ProcessingPool(self.settings, self.workers)
+        handler = ImageHandler(self.settings, store, processing)
         dead_letters = DeadLetterWriter(self.settings, self.stop)
         consumer = kafka.consumer(self.settings, **{"max.poll.interval.ms": 900_000})
         consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -100,8 +104,12 @@ class BatchConsumer:
                         break
                     self._maybe_report_status(consumer)
         finally:
+            processing.close(wait=not self.stop.is_set())
             dead_letters.close()
             consumer.close()  # leaves the group at once, so partitions move without waiting
+            self.stats.worker_peak_rss_mb = processing.peak_worker_rss_mb
+            self.stats.dead_letters_minimal = dead_letters.counts.minimal
+            self.stats.dead_letters_refused = dead_letters.counts.refused
         return self.stats
 
     def _usable(self, msg) -> bool:
@@ -119,6 +127,9 @@ class BatchConsumer:
                 event = parse_event(msg.value())
             except MessageError as exc:
                 outcomes[i] = exc
+                continue
+            except Exception as exc:  # whatever a message holds, it must not escape the loop
+                outcomes[i] = MessageError("validate", f"unreadable message ({type(exc).__name__}: {exc})")
                 continue
             futures[i] = pool.submit(handler.handle, event)
         for i, future in futures.items():
@@ -138,9 +149,12 @@ class BatchConsumer:
                 outcomes[i] = MessageError("process", f"unexpected {type(exc).__name__}: {exc}")
 
         # Keep message order: two events of one object in a batch must end with the later one.
+        indexed_at = [i for i, o in enumerate(outcomes) if isinstance(o, dict)]
+        if indexed_at:
+            # MeiliSearch may refuse some documents (found by splitting the batch): dead-letter those.
+            for position, reason in indexer.add([outcomes[i] for i in indexed_at]).items():
+                outcomes[indexed_at[position]] = MessageError("index", reason)
         documents = [o for o in outcomes if isinstance(o, dict)]
-        if documents:
-            indexer.add(documents)
         for msg, outcome in zip(messages, outcomes):
             if isinstance(outcome, MessageError):
                 log.info("dead-letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), outcome)

@@ -78,6 +78,7 @@ class ProcessingOptions:
     max_object_bytes: int = _DEFAULTS.max_object_bytes
     face_detection: bool = _DEFAULTS.face_detection
     grayscale_max_size: int = _DEFAULTS.grayscale_max_size  # longest side of the grayscale version; 0 = full
+    max_decode_bytes: int = _DEFAULTS.max_decode_bytes  # decoded pixels, estimated from the header
 
     def __post_init__(self):
         if self.thumbnail_size < 1 or self.grayscale_max_size < 0:
@@ -89,7 +90,7 @@ class ProcessingOptions:
         """Options from imgpipe.settings.Settings."""
         return cls(thumbnail_size=settings.thumbnail_size, max_image_pixels=settings.max_image_pixels,
                    max_object_bytes=settings.max_object_bytes, face_detection=settings.face_detection,
-                   grayscale_max_size=settings.grayscale_max_size)
+                   grayscale_max_size=settings.grayscale_max_size, max_decode_bytes=settings.max_decode_bytes)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions())
     """Features, a thumbnail and a grayscale version of one image object.
 
     Raises MessageError(stage, reason) for a bad input, stage "guard" (rejected from its size
-    or header, before decoding), "decode" (OpenCV could not decode it) or "process". Never
+    or header, before decoding), "budget" (decoding it would take more than max_decode_bytes, or
+    memory ran out), "decode" (OpenCV could not decode it) or "process". Never
     raises anything else because of the input bytes. InfrastructureError only if OpenCV's
     face cascade cannot be loaded (a broken installation, not a bad image).
     """
@@ -113,8 +115,11 @@ def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions())
     except (MessageError, InfrastructureError):
         raise
     except MemoryError:
-        raise MessageError("process", "out of memory while processing the image") from None
+        raise MessageError("budget", "ran out of memory while processing the image") from None
     except Exception as exc:  # a bug or a codec surprise: dead-letter this image, keep the consumer up
+        if _out_of_memory(exc):
+            raise MessageError("budget", f"ran out of memory while processing the image ({_last_line(exc)})") \
+                from None
         logger.warning("unexpected %s while processing an image", type(exc).__name__, exc_info=True)
         raise MessageError("process", f"{type(exc).__name__}: {_last_line(exc)}") from None
 
@@ -130,7 +135,8 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
     # lower the sharpness by a third, making values depend on the decode path.
     work_source_long = min(2 * WORKING_SIZE, longest)
 
-    decoded, width, height = _decode(data, header, max(thumb_long, gray_long, work_source_long))
+    decoded, width, height = _decode(data, header, max(thumb_long, gray_long, work_source_long),
+                                     options.max_decode_bytes)
     colour, channels, bit_depth = _normalise(decoded, header)
     gray_full = colour if colour.ndim == 2 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
 
@@ -159,9 +165,10 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
 
 # --- decoding -----------------------------------------------------------------------------------
 
-def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int):
+def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int, max_decode_bytes: int):
     """Decode in display orientation, as small as `needed_long` allows; return (image, width, height)
-    with width/height the full display size (from the header, axes as actually decoded)."""
+    with width/height the full display size (from the header, axes as actually decoded).
+    Refused before decoding when the decoded pixels alone would exceed `max_decode_bytes`."""
     name = imageguard.DISPLAY_NAME[header.format]
     scale = 1
     if header.format == "jpeg":
@@ -170,9 +177,17 @@ def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int):
         flag = _JPEG_REDUCED[(header.mode == "L", scale)]
     else:
         flag = cv2.IMREAD_UNCHANGED
+    needed = imageguard.decoded_bytes(header, scale)
+    if needed > max_decode_bytes:
+        raise MessageError("budget", f"decoding needs {needed / 2**20:,.0f} MiB ({header.width}x{header.height}"
+                           f"{'' if scale == 1 else f' at 1/{scale}'} x {header.decoded_channels} channel(s) x "
+                           f"{header.bytes_per_sample} byte(s)), above MAX_DECODE_BYTES = "
+                           f"{max_decode_bytes / 2**20:,.0f} MiB")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as exc:
+        if _out_of_memory(exc):
+            raise
         raise MessageError("decode", f"truncated or corrupt {name} ({_last_line(exc)})") from None
     if image is None or image.size == 0:
         raise MessageError("decode", f"truncated or corrupt {name} (OpenCV could not decode it)")
@@ -357,6 +372,13 @@ def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise MessageError("process", f"OpenCV could not encode a {image.shape[1]}x{image.shape[0]} JPEG")
     return encoded.tobytes()
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """OpenCV reports a failed allocation (the worker's memory cap) as cv2.error, not MemoryError."""
+    text = str(exc).lower()
+    return isinstance(exc, cv2.error) and ("insufficient memory" in text or "failed to allocate" in text
+                                           or "out of memory" in text or "bad_alloc" in text)
 
 
 def _last_line(exc: BaseException) -> str:

@@ -28,6 +28,9 @@ class Stats:
     # CPU seconds of the whole process (all threads) at those two moments.
     first_message_cpu: float | None = None
     last_committed_cpu: float | None = None
+    worker_peak_rss_mb: float = 0.0  # the largest peak of any processing worker
+    dead_letters_minimal: int = 0  # written without the original key and value (the broker refused them)
+    dead_letters_refused: int = 0  # not written at all (logged with the original's position)
 
     @property
     def seconds(self) -> float:
@@ -86,7 +89,8 @@ class Stats:
                 "active_cpu_seconds": (None if self.first_message_cpu is None or self.last_committed_cpu is None
                                        else round(self.last_committed_cpu - self.first_message_cpu, 3)),
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
-                "peak_rss_mb": round(peak_rss_mb(), 1)}
+                "peak_rss_mb": round(peak_rss_mb(), 1), "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
+                "dead_letters_minimal": self.dead_letters_minimal, "dead_letters_refused": self.dead_letters_refused}
 
 
 def peak_rss_mb() -> float:

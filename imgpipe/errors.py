@@ -12,6 +12,13 @@ looks at `kind` and raises MessageError or UserError instead.
 """
 
 
+def _rebuild(cls, args, state):
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad option, bad setting). Shown without a traceback."""
 
@@ -24,6 +31,9 @@ class MessageError(Exception):
         self.stage = stage
         self.reason = reason
 
+    def __reduce__(self):  # processing raises it in worker processes: it must survive pickling
+        return _rebuild, (type(self), self.args, self.__dict__)
+
 
 class InfrastructureError(Exception):
     """A service the pipeline depends on is unreachable or failed; worth retrying."""
@@ -32,6 +42,9 @@ class InfrastructureError(Exception):
         super().__init__(f"{service}: {detail}")
         self.service = service
         self.detail = detail
+
+    def __reduce__(self):  # subclasses take other arguments: rebuild from the state, not __init__
+        return _rebuild, (type(self), self.args, self.__dict__)
 
 
 # What a service's answer means, whichever service gave it.

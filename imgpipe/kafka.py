@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from imgpipe.errors import DENIED, NOT_FOUND, REJECTED, UNAVAILABLE, ServiceError, UserError
 from imgpipe.settings import Settings
@@ -211,37 +211,50 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
         reader.close()
 
 
-def read_messages(settings: Settings, topic: str, start: dict[int, int] | None = None,
-                  end: dict[int, int] | None = None, timeout: float = 30.0) -> list:
-    """The messages of `topic` from `start` (default: the beginning) up to `end` (default: the
-    high watermarks now), each partition in offset order. Stops early if the time is up."""
+def iter_messages(settings: Settings, topic: str, start: dict[int, int] | None = None,
+                  end: dict[int, int] | None = None, timeout: float = 30.0) -> Iterator:
+    """The messages of `topic` from `start` (default: the beginning) up to `end` (default: the high
+    watermarks now), each partition in offset order. Stops when `timeout` seconds pass without a
+    message while some are still expected (a compacted or truncated partition)."""
     from confluent_kafka import KafkaException, TopicPartition
 
     start = start or {}
     end = end if end is not None else end_offsets(settings, topic)
     wanted = {p: (start.get(p, 0), high) for p, high in end.items() if high > start.get(p, 0)}
     if not wanted:
-        return []
+        return
     reader = consumer(settings, group_id="imgpipe-topic-reader")
-    messages = []
     try:
         reader.assign([TopicPartition(topic, p, low) for p, (low, _) in wanted.items()])
         remaining = {p: high for p, (_, high) in wanted.items()}
-        deadline = time.monotonic() + timeout
-        while remaining and time.monotonic() < deadline:
+        quiet_since = time.monotonic()
+        while remaining and time.monotonic() - quiet_since < timeout:
             msg = reader.poll(0.5)
             if msg is None or msg.error():
                 continue
+            quiet_since = time.monotonic()
             partition = msg.partition()
             if partition in remaining and msg.offset() < remaining[partition]:
-                messages.append(msg)
+                yield msg
             if partition in remaining and msg.offset() + 1 >= remaining[partition]:
                 del remaining[partition]
     except KafkaException as exc:
         raise translate(exc, "reading", topic) from None
     finally:
         reader.close()
-    return messages
+
+
+def read_messages(settings: Settings, topic: str, start: dict[int, int] | None = None,
+                  end: dict[int, int] | None = None, timeout: float = 30.0) -> list:
+    """iter_messages as a list."""
+    return list(iter_messages(settings, topic, start, end, timeout))
+
+
+def read_one(settings: Settings, topic: str, partition: int, offset: int, timeout: float = 10.0):
+    """The message at topic[partition]@offset, or None when it is gone (retention) or never was."""
+    for msg in iter_messages(settings, topic, {partition: offset}, {partition: offset + 1}, timeout):
+        return msg if msg.offset() == offset else None
+    return None
 
 
 def committed_offsets(settings: Settings, topic: str, group_id: str | None = None,

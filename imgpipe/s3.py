@@ -90,6 +90,8 @@ def translate(exc: BaseException, operation: str, bucket: str, key: str = "") ->
         code = str(error.get("Code", "") or "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return S3Error(operation, bucket, key, code, str(error.get("Message", "") or ""), _kind(code, status), status)
+    if type(exc).__name__ in ("ParamValidationError", "InvalidBucketName"):  # refused before it was sent
+        return S3Error(operation, bucket, key, type(exc).__name__, " ".join(str(exc).split())[:300], REJECTED)
     if type(exc).__name__ == "NoCredentialsError":
         return S3Error(operation, bucket, key, "NoCredentialsError", "no AWS credentials found", DENIED)
     # No connection, a timeout, a connection dropped while reading a body: an outage.
@@ -181,6 +183,12 @@ def head(s3, bucket: str, key: str) -> dict | None:
         raise
     return {"Key": key, "Size": response["ContentLength"], "ETag": response.get("ETag", ""),
             "LastModified": response["LastModified"]}
+
+
+def head_bucket(s3, bucket: str) -> None:
+    """Raises S3Error unless the bucket exists and these credentials may see it."""
+    with errors("looking up bucket", bucket):
+        s3.head_bucket(Bucket=bucket)
 
 
 def list_objects(s3, bucket: str, prefix: str = "") -> Iterator[dict]:

@@ -1,0 +1,111 @@
+"""Image processing in worker processes, so that no image can stop the consumer.
+
+OpenCV cannot be interrupted from a Python thread, and a decoder that runs away with memory
+takes its whole process down. So every image is processed in a pebble ProcessPool worker:
+pebble kills a task that runs past PROCESSING_TIMEOUT_SECONDS and replaces a worker that died,
+and each worker runs under a hard address-space cap (WORKER_MEMORY_MB), so an image that gets
+past the decoded-size estimate (MAX_DECODE_BYTES, checked from the header) can only take down
+its own worker. The consumer's other images, and its own memory, are unaffected.
+
+Workers are spawned, not forked: a fresh interpreter applies the decoder limits before cv2 is
+loaded, and inherits none of the consumer's Kafka or S3 threads.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import signal
+from concurrent.futures import CancelledError, TimeoutError
+
+from imgpipe.errors import InfrastructureError, MessageError
+from imgpipe.retry import Stopped
+from imgpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _init_worker(max_image_pixels: int, memory_mb: int) -> None:
+    from consumer.imageguard import apply_decoder_limits
+
+    apply_decoder_limits(max_image_pixels)  # before cv2 loads, so OpenCV's own ceiling is ours
+    import cv2
+
+    # One thread each: parallelism comes from the workers; OpenCV's own threads would compete.
+    cv2.setNumThreads(1)
+    # Every corrupt PNG would print an OpenCV warning; the dead-letter reason already says it.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    import consumer.processing  # noqa: F401  (loaded once per worker, not on its first image)
+
+    # A consumer stopped with Ctrl-C stops its workers itself; they must not die of the same SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_mb:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _process_in_worker(data: bytes, options):
+    """process_image, plus this worker's peak resident memory (MB) for the consumer's summary."""
+    from consumer.processing import process_image
+    from consumer.stats import peak_rss_mb
+
+    return process_image(data, options), peak_rss_mb()
+
+
+class ProcessingPool:
+    def __init__(self, settings: Settings, workers: int):
+        from pebble import ProcessPool
+
+        from consumer.processing import ProcessingOptions
+
+        self.options = ProcessingOptions.from_settings(settings)
+        self.timeout = settings.processing_timeout_seconds
+        self.memory_mb = settings.worker_memory_mb
+        self.workers = workers
+        self.peak_worker_rss_mb = 0.0
+        self._pool = ProcessPool(max_workers=workers, initializer=_init_worker,
+                                 initargs=(settings.max_image_pixels, settings.worker_memory_mb),
+                                 context=multiprocessing.get_context("spawn"))
+
+    def process(self, data: bytes):
+        """The ProcessedImage of `data`. Raises MessageError (bad input, or over a budget),
+        Stopped (the pool was stopped), or InfrastructureError (a broken OpenCV install)."""
+        from pebble import ProcessExpired
+
+        future = self._pool.schedule(_process_in_worker, args=(data, self.options), timeout=self.timeout)
+        try:
+            image, worker_peak = future.result()
+        except TimeoutError:
+            raise MessageError("budget", f"processing took longer than PROCESSING_TIMEOUT_SECONDS = "
+                                         f"{self.timeout} s; its worker was stopped") from None
+        except ProcessExpired as exc:
+            raise MessageError(*self._expired(exc.exitcode)) from None
+        except CancelledError:
+            raise Stopped("processing pool stopped") from None
+        except (MessageError, InfrastructureError):
+            raise
+        except RuntimeError as exc:
+            if "pool" in str(exc).lower() and ("closed" in str(exc).lower() or "not running" in str(exc).lower()):
+                raise Stopped("processing pool stopped") from None
+            raise
+        self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, worker_peak)
+        return image
+
+    def _expired(self, exitcode: int | None) -> tuple[str, str]:
+        """(stage, reason) for a worker that died while it processed an image."""
+        if exitcode is not None and exitcode < 0:
+            name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
+            if -exitcode == signal.SIGKILL:
+                return "budget", (f"its worker was killed ({name}), most likely by the kernel for memory; "
+                                  f"WORKER_MEMORY_MB = {self.memory_mb}")
+            return "decode", f"the decoder crashed its worker ({name})"
+        return "budget", (f"its worker exited with status {exitcode} while processing it (memory cap "
+                          f"WORKER_MEMORY_MB = {self.memory_mb})")
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking images; with `wait`, let the ones in flight finish, else stop them now."""
+        if wait:
+            self._pool.close()
+        else:
+            self._pool.stop()
+        self._pool.join(timeout=max(5, self.timeout + 5))
