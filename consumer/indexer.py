@@ -3,9 +3,12 @@
 A 202 from MeiliSearch only means "enqueued": offsets may be committed only once the task
 reports `succeeded`, or a crash in between would lose documents that Kafka thinks are done.
 
-A batch whose task fails because of its documents is split in halves, and again, until the
-documents at fault are found: only they are dead-lettered, the rest is indexed. A failure of
-MeiliSearch itself (disk full, internal error) is retried like an outage, never split.
+A batch whose task fails is split in halves, and again, until the documents at fault are found:
+only they are dead-lettered, the rest is indexed. MeiliSearch's error code alone cannot be
+trusted to tell (it reports a `_vectors` of the wrong type as `internal`), so a document that
+fails alone is dead-lettered only if MeiliSearch still indexes others: a document of this batch,
+or the last good document indexed again (harmless: same id, same content). A failure of
+MeiliSearch itself (disk full, I/O error) is retried like an outage, never split.
 A misconfiguration found at start-up (the index keyed by another field, an invalid index name,
 a refused key) is the user's to fix: UserError, exit 2, instead of retrying forever.
 """
@@ -17,15 +20,14 @@ import threading
 from imgpipe import meili
 from imgpipe.document import INDEX_SETTINGS
 from imgpipe.errors import DENIED, FAILED, NOT_FOUND, REJECTED, UserError
-from imgpipe.retry import retry_until_stopped
+from imgpipe.retry import Stopped, retry_until_stopped
 from imgpipe.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Task failures that say nothing about the documents: MeiliSearch itself is failing.
-SERVICE_FAILURE_CODES = frozenset({"internal", "io_error", "no_space_left_on_device", "database_size_limit_reached",
-                                   "too_many_open_files", "index_not_found", "task_not_found",
-                                   "index_creation_failed", "unretrievable_error", "too_many_search_requests"})
+SERVICE_FAILURE_CODES = frozenset({"io_error", "no_space_left_on_device", "database_size_limit_reached",
+                                   "too_many_open_files", "index_not_found", "task_not_found"})
 
 
 class DocumentsRefused(Exception):
@@ -43,6 +45,7 @@ class Indexer:
         self.stop = stop
         self.client = meili.client(settings)
         self.index = self.client.index(settings.meili_index)
+        self._last_good: dict | None = None  # a document MeiliSearch indexed, to ask whether it still does
 
     def _wait(self, task_uid: int, what: str) -> None:
         meili.wait_for_task(self.client, self.settings, task_uid, what, self.settings.meili_index)
@@ -79,11 +82,12 @@ class Indexer:
         """Index a batch and return once MeiliSearch has it (retried through outages). Returns the
         positions of the documents MeiliSearch refused, with why; every other one is indexed."""
         refused: dict[int, str] = {}
+        self._indexed_some = False
         self._add_part(documents, list(range(len(documents))), refused)
         return refused
 
-    def _add_part(self, documents: list[dict], positions: list[int], refused: dict[int, str]) -> None:
-        part = [documents[i] for i in positions]
+    def _add_now(self, part: list[dict]) -> None:
+        """One request and its task; DocumentsRefused when the documents may be at fault."""
 
         def add_and_wait() -> None:
             try:
@@ -95,17 +99,42 @@ class Indexer:
                     raise DocumentsRefused(exc.code, exc.message) from None
                 raise
 
-        try:
-            retry_until_stopped(add_and_wait, self.stop)
-        except DocumentsRefused as exc:
-            if len(positions) == 1:
-                refused[positions[0]] = f"MeiliSearch refused the document ({exc.code}: {exc.message})"
+        retry_until_stopped(add_and_wait, self.stop)
+
+    def _add_part(self, documents: list[dict], positions: list[int], refused: dict[int, str]) -> None:
+        part = [documents[i] for i in positions]
+        while True:
+            try:
+                self._add_now(part)
+                self._indexed_some = True
+                self._last_good = part[-1]
                 return
-            log.info("MeiliSearch refused a batch of %d (%s); splitting it to find the documents at fault",
-                     len(positions), exc.code)
-            middle = len(positions) // 2
-            self._add_part(documents, positions[:middle], refused)
-            self._add_part(documents, positions[middle:], refused)
+            except DocumentsRefused as exc:
+                if len(positions) > 1:
+                    log.info("MeiliSearch refused a batch of %d (%s); splitting it to find the documents at fault",
+                             len(positions), exc.code)
+                    middle = len(positions) // 2
+                    self._add_part(documents, positions[:middle], refused)
+                    self._add_part(documents, positions[middle:], refused)
+                    return
+                if self._still_indexes():
+                    refused[positions[0]] = f"MeiliSearch refused the document ({exc.code}: {exc.message})"
+                    return
+                log.warning("MeiliSearch refuses even a document it indexed before (%s); waiting for it to recover",
+                            exc.code)
+                if self.stop.wait(5.0):
+                    raise Stopped("stop requested while MeiliSearch was failing") from None
+
+    def _still_indexes(self) -> bool:
+        """Does MeiliSearch index documents at all right now? Yes if some of this batch went in;
+        else ask it to index the last good document again."""
+        if self._indexed_some or self._last_good is None:
+            return True
+        try:
+            self._add_now([self._last_good])
+            return True
+        except DocumentsRefused:
+            return False
 
 
 def _about_the_documents(exc: meili.MeiliError) -> bool:

@@ -3,7 +3,8 @@
 OpenCV cannot be interrupted from a Python thread, and a decoder that runs away with memory
 takes its whole process down. So every image is processed in a pebble ProcessPool worker:
 pebble kills a task that runs past PROCESSING_TIMEOUT_SECONDS and replaces a worker that died,
-and each worker runs under a hard address-space cap (WORKER_MEMORY_MB), so an image that gets
+and each worker runs under a hard address-space cap (WORKER_MEMORY_MB above what it takes at
+rest), so an image that gets
 past the decoded-size estimate (MAX_DECODE_BYTES, checked from the header) can only take down
 its own worker. The consumer's other images, and its own memory, are unaffected.
 
@@ -40,8 +41,18 @@ def _init_worker(max_image_pixels: int, memory_mb: int) -> None:
     # A consumer stopped with Ctrl-C stops its workers itself; they must not die of the same SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb:
-        limit = memory_mb * 1024 * 1024
+        # On top of what the worker takes at rest (interpreter, OpenCV, its thread stacks: ~0.5 GB of
+        # address space here, more or less elsewhere), so the cap means the same on any machine.
+        limit = _address_space_bytes() + memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _process_in_worker(data: bytes, options):

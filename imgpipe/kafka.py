@@ -156,6 +156,20 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int | None 
                 raise error from None
 
 
+def set_topic_config(settings: Settings, topic: str, configs: dict[str, str], timeout: float = 30.0) -> None:
+    """Set topic-level configs (e.g. retention.ms, max.message.bytes) of an existing topic."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in configs.items()]
+    client = admin(settings)  # must outlive the futures below
+    for future in client.incremental_alter_configs([ConfigResource("topic", topic, incremental_configs=entries)]).values():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            raise translate(exc, "configuring topic", topic) from None
+
+
 def check_topic(settings: Settings, topic: str, timeout: float = 10.0) -> None:
     """Fail fast, with one clear line, when the broker is unreachable or the topic is missing,
     instead of letting librdkafka queue messages for minutes."""

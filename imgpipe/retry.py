@@ -33,7 +33,7 @@ def retry_until_stopped(operation: Callable[[], T], stop: threading.Event, *, in
 
     retrying = Retrying(
         retry=retry_if_exception(lambda exc: isinstance(exc, InfrastructureError)),
-        wait=wait_exponential_jitter(initial=initial, max=maximum),
+        wait=wait_exponential_jitter(multiplier=initial, max=maximum),
         stop=stop_when_event_set(stop),
         sleep=stop.wait,  # wakes up at once when a stop is requested
         before_sleep=before_sleep,

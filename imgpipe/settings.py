@@ -57,9 +57,9 @@ class Settings:
     face_detection: bool = True
     # Per-image budgets: wall time of processing, decoded size estimated from the header, and a
     # hard memory cap on each worker process (what gets past the estimate kills only its worker).
-    processing_timeout_seconds: int = 30
+    processing_timeout_seconds: float = 30.0
     max_decode_bytes: int = 512 * 1024 * 1024
-    worker_memory_mb: int = 2048  # address space per worker; 0 means no cap
+    worker_memory_mb: int = 2048  # memory a worker may take for one image, above its own at rest; 0: no cap
     # Local stack
     local_state_dir: Path = REPO_ROOT / ".local"
 
@@ -119,8 +119,8 @@ ENV_VARS: dict[str, str] = {
 ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
 
 _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_batch_ms",
-                  "max_object_bytes", "max_image_pixels", "thumbnail_size", "processing_timeout_seconds",
-                  "max_decode_bytes"}
+                  "max_object_bytes", "max_image_pixels", "thumbnail_size", "max_decode_bytes"}
+_POSITIVE_FLOATS = {"processing_timeout_seconds"}
 _ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -137,6 +137,14 @@ def _parse(attr: str, raw: str):
         zero_ok = attr in _ZERO_OK_INTS
         if value < (0 if zero_ok else 1):
             raise ValueError(f"must be {'0 or more' if zero_ok else 'at least 1'}, got {value}")
+        return value
+    if attr in _POSITIVE_FLOATS:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"must be a positive number, got {raw!r}")
         return value
     if attr == "face_detection":
         if raw.lower() in _TRUE:
