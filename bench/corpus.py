@@ -51,7 +51,22 @@ def awkward_items() -> list[Item]:
 
     items = [(f"awkward/{name}", data) for name, (data, _) in awkward_samples().items()]
     items.append(("awkward/decompression-bomb-30000x30000.png", BROKEN_FILES["broken/decompression-bomb.png"](0)))
+    items += budget_busters()
     return items
+
+
+def budget_busters() -> list[Item]:
+    """Images within the pixel limit that test the per-image budgets: one whose decoded size
+    (100 MP x RGBA x 16 bits = 800 MB) is over MAX_DECODE_BYTES, refused from its header, and a
+    real 90 MP image (270 MB decoded) that a worker must decode within its memory cap."""
+    import cv2
+    import numpy as np
+
+    from fixtures.images import encode, png_declaring
+
+    flat = np.full((9000, 10000, 3), (40, 120, 200), np.uint8)
+    return [("awkward/budget-rgba16-10000x10000.png", png_declaring(10000, 10000, colour_type=6, bit_depth=16)),
+            ("awkward/budget-heavy-90mp.png", encode(flat, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 9]))]
 
 
 def build(spec: CorpusSpec, threads: int = 2) -> list[Item]:

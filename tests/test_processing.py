@@ -8,6 +8,9 @@ import io
 import json
 import random
 import re
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -21,7 +24,7 @@ from consumer.processing import (FEATURE_KEYS, ProcessedImage, ProcessingOptions
 from fixtures import images as samples
 from imgpipe.document import FIELDS
 from imgpipe.errors import MessageError
-from imgpipe.settings import Settings
+from imgpipe.settings import REPO_ROOT, Settings
 
 AWKWARD = samples.awkward_samples()
 NO_FACES = ProcessingOptions(face_detection=False)
@@ -314,3 +317,42 @@ def test_options_come_from_settings():
         grayscale_max_size=1024)
     with pytest.raises(ValueError):
         ProcessingOptions(thumbnail_size=0)
+
+
+def test_compressed_text_chunks_cannot_inflate_the_decoders_memory():
+    """A PNG whose zTXt, iTXt and iCCP chunks hold 300 MB of zeros each (300 KB compressed): Pillow
+    refuses such chunks before the image data (the guard reads them) and libpng caps them after it,
+    so either way the memory stays small."""
+    script = textwrap.dedent("""
+        import resource, struct, zlib
+        from consumer.imageguard import apply_decoder_limits
+        apply_decoder_limits(100_000_000)
+        from consumer.processing import ProcessingOptions, process_image
+        from fixtures.images import gradient_pattern, png
+        from imgpipe.errors import MessageError
+
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        zeros = zlib.compress(bytes(300 << 20), 9)
+        bombs = chunk(b"zTXt", b"Comment\\0\\0" + zeros) + chunk(b"iTXt", b"Comment\\0\\1\\0\\0\\0" + zeros)
+        base = png(gradient_pattern(64, 48))
+        before_image = base[:33] + chunk(b"iCCP", b"icc\\0\\0" + zeros) + bombs + base[33:]
+        end = base.rindex(b"IEND") - 4
+        after_image = base[:end] + bombs + base[end:]
+        del zeros
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        results = []
+        for data in (before_image, after_image):
+            try:
+                results.append(process_image(data, ProcessingOptions(face_detection=False)).features["width"])
+            except MessageError as exc:
+                results.append(exc.stage + " " + exc.reason)
+        print(results, "|", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results, grown_mb = done.stdout.split("|")
+    assert results.strip() == "['guard truncated or corrupt PNG header (Decompressed data too large for " \
+                              "PngImagePlugin.MAX_TEXT_CHUNK)', 64]"
+    assert int(grown_mb) < 64
