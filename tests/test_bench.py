@@ -154,8 +154,10 @@ def test_every_image_is_accounted_for_and_the_pipeline_rejects_what_processing_r
         assert detail["indexed"] + detail["dead_lettered"] == images
         assert detail["dead_lettered"] == rejected  # the same bytes, the same verdicts
     memory = by_name["consumer_peak_rss_mb"]["detail"]
-    assert len(memory["decompression_bombs"]) >= 3
+    assert len(memory["decompression_bombs_and_budget_busters"]) >= 5
     assert memory["dead_letter_reasons"].get("guard", 0) >= 3  # the bombs never reached the decoder
+    assert memory["dead_letter_reasons"].get("budget", 0) >= 1  # refused from its header, over MAX_DECODE_BYTES
+    assert all(peak > 0 for peak in memory["worker_peak_rss_mb"].values())
     assert by_name["faces_astronaut"]["detail"]["expected"] == 1
     assert by_name["faces_face_photos"]["detail"]["photos"] >= 1
 
