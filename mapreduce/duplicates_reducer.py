@@ -21,10 +21,10 @@ joins them into connected components), so n equal hashes make n - 1 edges, not n
 A big bucket is searched the way the mapper cut the hash: two hashes of the bucket at most T
 bits apart differ in at most T of its other 64 - w bits, so cut those into T+1 sub-bands and
 the pair agrees on one of them (pigeonhole again). Sub-buckets are searched alike, down to
-LEAF hashes or until cutting stops paying (it halves the comparisons at least); a pair is
+LEAF hashes or until cutting stops paying (it must halve the comparisons); a pair is
 verified only under the lowest sub-band it agrees on at every level, so still once. This is
-exact: on 1,000,000 random hashes at T = 8 it compares ~40x fewer pairs than every pair of
-each bucket (mapreduce/README.md).
+exact: on 1,000,000 random hashes at T = 8 (buckets of ~7,000) it makes 3.9 billion
+comparisons instead of the 33 billion pairs of the buckets (mapreduce/README.md).
 
 What cutting cannot shrink (many distinct hashes close together) is compared pair by pair, up
 to N distinct hashes (`--max-bucket`, 0 = no limit). Beyond N, a giant group is cut further by
@@ -121,6 +121,8 @@ def pairs_count(n):
 
 
 # Up to this many hashes a bucket is compared pair by pair: cutting it costs more than it saves.
+# Measured on 20 buckets of ~7,500 random hashes (T = 8): 64 -> 6.8 s, 128 -> 5.6 s, 256 -> 5.4 s,
+# 512 -> 5.3 s; 256 keeps the pair-by-pair groups small for dense clusters.
 LEAF = 256
 
 

@@ -25,6 +25,7 @@ from mapreduce import duplicates_reducer as reducer
 from mapreduce import measure_threshold
 from mapreduce.export_csv import to_row, write_csv
 from mapreduce.sample_data import sample_documents
+from mapreduce.sample_duplicates import planted_documents
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "duplicates"
 SCRIPTS = (Path(mapper.__file__), Path(reducer.__file__), Path(groups_script.__file__))
@@ -509,44 +510,13 @@ def test_groups_do_not_depend_on_order_splits_or_reducers(seed):
     assert counters["malformed_rows"] == 6
 
 
-def planted_rows(rng: random.Random, threshold: int, count: int = 3000) -> tuple[list[dict], list[tuple]]:
-    """`count` documents: random pHashes, plus clusters of planted copies 1..T bits from their
-    original and decoys T+1..T+3 bits away that must stay out (their flipped bits avoid the
-    copies'), exact copies, and equal pHashes of different bytes. Returns the documents and,
-    per cluster, (original index, copy indexes, decoy indexes)."""
-    docs = sample_documents(count, seed=rng.randint(0, 10 ** 6), awkward=False)
-    clusters = []
-    position = 0
-    while position + 8 < count * 0.4:
-        original = docs[position]
-        bits = list(range(64))
-        rng.shuffle(bits)
-        copy_bits, decoy_bits = bits[:32], bits[32:]
-        copies, decoys = [], []
-        for offset in range(1, rng.randint(2, 5)):
-            doc = docs[position + offset]
-            doc["phash"] = flip(original["phash"], rng.sample(copy_bits, rng.randint(1, threshold // 2)))
-            copies.append(position + offset)
-        for offset in range(len(copies) + 1, len(copies) + 1 + rng.randint(0, 2)):
-            # More than T from the original and, since the bits differ from the copies', from them too.
-            docs[position + offset]["phash"] = flip(original["phash"],
-                                                    rng.sample(decoy_bits, rng.randint(threshold + 1, threshold + 3)))
-            decoys.append(position + offset)
-        if rng.random() < 0.3:  # an exact copy of the original
-            twin = docs[position + len(copies) + len(decoys) + 1]
-            twin["phash"], twin["sha256"] = original["phash"], original["sha256"]
-            copies.append(position + len(copies) + len(decoys) + 1)
-        clusters.append((position, copies, decoys))
-        position += 8
-    return docs, clusters
-
-
 def test_a_few_thousand_rows_give_the_brute_force_groups():
     """3000 rows (random pHashes and planted clusters) through both stages, split and
     partitioned, equal brute force all pairs + connected components; planted copies join their
     original, decoys beyond T do not."""
     rng = random.Random(15)
-    docs, clusters = planted_rows(rng, T)
+    docs, clusters = planted_documents(3000, T, seed=15)
+    assert len(clusters) > 100 and sum(len(c.decoys) for c in clusters) > 50
     buf = io.StringIO()
     write_csv(docs, buf)
     out, counters = run_job(buf.getvalue().splitlines(keepends=True), splits=5, reducers=3, rng=rng)
@@ -558,10 +528,10 @@ def test_a_few_thousand_rows_give_the_brute_force_groups():
         if kind == "near":
             for doc_id in ids.split(","):
                 group_of[doc_id] = ids
-    for original, copies, decoys in clusters:
-        home = group_of[docs[original]["id"]]
-        assert all(group_of.get(docs[i]["id"]) == home for i in copies)
-        assert all(group_of.get(docs[i]["id"]) != home for i in decoys)
+    for cluster in clusters:
+        home = group_of[docs[cluster.original]["id"]]
+        assert all(group_of.get(docs[i]["id"]) == home for i in cluster.copies)
+        assert all(group_of.get(docs[i]["id"]) != home for i in cluster.decoys)
 
 
 # The scripts as EMR runs them -------------------------------------------------------------------
