@@ -245,12 +245,29 @@ class Bench:
         if hadoop and not shutil.which("java"):
             hadoop, reason = False, "no Java on PATH"
 
+        summary: list[Figure] = []
+
         def body() -> None:
             step(f"mapreduce: {self.config.mapreduce_rows:,} rows, pipe" + (" and hadoop" if hadoop else ""))
             cache = self.settings.local_state_dir / "bench"
-            self.add(*mapreduce_figures(self.settings, self.config.mapreduce_rows, cache, self.work, hadoop, reason))
+            summary.extend(mapreduce_figures(self.settings, self.config.mapreduce_rows, cache, self.work, hadoop,
+                                             reason))
+            self.add(*summary)
 
         self.guarded(["mapreduce_pipe", "mapreduce_hadoop"], ["rows/s", "rows/s"], body)
+
+        def duplicates() -> None:
+            from bench.duplicates import duplicates_figures
+            from bench.mapreduce import sample_csv
+
+            step(f"mapreduce: the duplicates job on {self.config.mapreduce_rows:,} rows (pipe), "
+                 "and against brute force on planted rows")
+            csv_path = sample_csv(self.config.mapreduce_rows, self.settings.local_state_dir / "bench")
+            floor = next((f.value for f in summary if f.name == "mapreduce_pipe"), None)
+            self.add(*duplicates_figures(csv_path, self.config.mapreduce_rows, self.work, floor))
+
+        self.guarded(["mapreduce_duplicates", "duplicates_precision", "duplicates_recall"],
+                     ["rows/s", "share", "share"], duplicates)
 
     # --- clean-up ---------------------------------------------------------------------------
     def clean_up(self) -> None:

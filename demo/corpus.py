@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from fixtures.images import jpeg, pil_bytes, png, png_declaring, to_pil, webp
+from fixtures.images import BUNDLED_PHOTOS, bundled_photo, jpeg, pil_bytes, png, png_declaring, to_pil, webp
 from fixtures.keys import FILE_SAFE_AWKWARD_KEYS
 
 log = logging.getLogger("demo.corpus")
@@ -36,10 +36,6 @@ CAPTCHA_ALPHABET = "2345678bcdefgmnpwxy"  # the 19 symbols of the Kaggle CAPTCHA
 CAPTCHA_LENGTH = 5
 CAPTCHA_SIZE = (200, 50)
 
-# Photographs shipped inside the scikit-image wheel (no pooch download at run time).
-PHOTO_SOURCES = ("astronaut", "coffee", "chelsea", "camera", "rocket", "hubble_deep_field", "retina",
-                 "immunohistochemistry", "coins", "motorcycle", "brick", "grass", "gravel", "moon",
-                 "clock", "page", "cell")
 # Where the face is in the 512x512 astronaut (x0, y0, x1, y1): face crops must keep it whole.
 ASTRONAUT_FACE = (177, 66, 272, 161)
 # Camera-like sizes for the "several megapixels" tier.
@@ -197,20 +193,6 @@ def _captcha_item(seed: int, i: int, used: set[str]) -> Item:
 
 # --- photographs -----------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _photo(name: str) -> np.ndarray:
-    """A bundled scikit-image photograph as BGR (or gray) uint8, read-only and cached."""
-    import cv2
-    import skimage.data
-
-    image = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    image = np.ascontiguousarray(image)
-    image.setflags(write=False)
-    return image
-
-
 def _rng(seed: int, stream: str, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAMS[stream], i])
 
@@ -269,8 +251,8 @@ def _photo_item(seed: int, i: int) -> Item:
 
     rng = _rng(seed, "photos", i)
     face = i % 5 == 0  # every fifth photo is a face crop of the astronaut
-    name = "astronaut" if face else PHOTO_SOURCES[int(rng.integers(len(PHOTO_SOURCES)))]
-    source = _photo(name)
+    name = "astronaut" if face else BUNDLED_PHOTOS[int(rng.integers(len(BUNDLED_PHOTOS)))]
+    source = bundled_photo(name)
     h, w = source.shape[:2]
     tier = "face" if face else str(rng.choice(["tiny", "small", "medium", "large"], p=[0.08, 0.35, 0.45, 0.12]))
     if tier == "large":
@@ -325,7 +307,7 @@ def _small_photo(rng: np.random.Generator, long_side: tuple[int, int] = (160, 48
     """A random crop of a random bundled photo, BGR, long side within `long_side`."""
     import cv2
 
-    source = _photo(PHOTO_SOURCES[int(rng.integers(len(PHOTO_SOURCES)))])
+    source = bundled_photo(BUNDLED_PHOTOS[int(rng.integers(len(BUNDLED_PHOTOS)))])
     if source.ndim == 2:
         source = cv2.cvtColor(source, cv2.COLOR_GRAY2BGR)
     x0, y0, x1, y1 = _crop_box(rng, source.shape[1], source.shape[0], None)
@@ -380,7 +362,7 @@ def _misc_item(seed: int, i: int) -> Item:
     elif kind == "bitmap":
         ext, data = "bmp", pil_bytes(to_pil(_small_photo(rng)), "BMP")
     elif kind == "scan":
-        page = _resize(_photo(str(rng.choice(["page", "text"]))), (int(rng.integers(800, 1200)), 600))
+        page = _resize(bundled_photo(str(rng.choice(["page", "text"]))), (int(rng.integers(800, 1200)), 600))
         ext, data = "tif", pil_bytes(to_pil(page), "TIFF", compression="tiff_lzw")
     elif kind == "cmyk":
         ext, data = "jpg", pil_bytes(to_pil(_small_photo(rng)).convert("CMYK"), "JPEG", quality=88)
@@ -391,7 +373,7 @@ def _misc_item(seed: int, i: int) -> Item:
         stored = cv2.rotate(_small_photo(rng, (400, 800)), cv2.ROTATE_90_COUNTERCLOCKWISE)
         ext, data = "jpg", pil_bytes(to_pil(stored), "JPEG", quality=90, exif=exif.tobytes())
     elif kind == "16bit":
-        gray = _photo(str(rng.choice(["moon", "camera", "coins"])))
+        gray = bundled_photo(str(rng.choice(["moon", "camera", "coins"])))
         ext, data = "png", png(gray.astype(np.uint16) * 257)
     elif kind == "panorama":
         strip = _small_photo(rng, (500, 512))

@@ -1,13 +1,14 @@
-"""Run the image-metadata summaries (mapper.py, reducer.py) over an exported CSV.
+"""Run a job over an exported CSV: the image-metadata summaries (mapper.py, reducer.py; the
+default) or the duplicate groups (duplicates_*.py, two chained stages).
 
 Runners:
   pipe    mapper | LC_ALL=C sort | reducer in subprocesses; fast, no Java
   hadoop  the real Hadoop Streaming 3.4 jar in local mode (jars fetched by Maven on first use)
   emr     a streaming step on an AWS EMR cluster (--cluster-id, or --create-cluster)
 
---output receives the `part-*` files as Hadoop writes them, `_SUCCESS`, and `summary.tsv`: all
-part files merged and sorted. Each line: dimension, value, count, total_kb, min_kb, max_kb,
-mean_kb (tab-separated; see mapreduce/README.md).
+--output receives the `part-*` files as Hadoop writes them, `_SUCCESS`, and all part files
+merged and sorted: `summary.tsv` (dimension, value, count, total_kb, min_kb, max_kb, mean_kb) or
+`duplicates.tsv` (kind, group, size, ids), tab-separated; see mapreduce/README.md.
 
 Exit status: 0 success, 1 the job failed (reason on stderr), 2 usage error.
 """
@@ -29,20 +30,33 @@ from mapreduce.runners.common import JobFailed, JobResult, JobSpec
 log = logging.getLogger("mapreduce.run_job")
 
 RUNNERS = ("pipe", "hadoop", "emr")
+JOBS = ("summary", "duplicates")
 
 
 def build_parser():
+    from mapreduce.duplicates_reducer import DEFAULT_MAX_BUCKET, DEFAULT_THRESHOLD, MAX_THRESHOLD
     from mapreduce.runners.emr import DEFAULT_INSTANCE_TYPE, DEFAULT_RELEASE_LABEL
 
     p = cli.parser("python mapreduce/run_job.py", __doc__, [
         "python mapreduce/run_job.py --runner pipe --input out/image_metadata.csv --output out/summary",
         "python mapreduce/run_job.py --runner hadoop --reducers 2 --input out/image_metadata.csv --output out/summary --overwrite",
+        "python mapreduce/run_job.py --job duplicates --threshold 6 --input out/image_metadata.csv --output out/duplicates",
         "S3_ENDPOINT_URL= python mapreduce/run_job.py --runner emr --cluster-id j-2AXXXXXXGAPLF "
         "--input out/image_metadata.csv --output out/summary",
         "S3_ENDPOINT_URL= python mapreduce/run_job.py --runner emr --create-cluster --identity "
         "--input s3://my-bucket/data/image_metadata.csv --output out/identity",
     ])
     p.add_argument("--runner", choices=RUNNERS, default="pipe", help="where the job runs")
+    p.add_argument("--job", choices=JOBS, default="summary",
+                   help="summary: counts and sizes per format, hour, day, size bucket, faces; duplicates: "
+                        "groups of images with the same sha256 (exact) or close pHashes (near)")
+    dupes = p.add_argument_group("duplicates job")
+    dupes.add_argument("--threshold", type=int, metavar="BITS",
+                       help=f"near duplicates: pHashes at most this many bits apart, 0-{MAX_THRESHOLD} "
+                            f"(default {DEFAULT_THRESHOLD}, measured: see mapreduce/README.md)")
+    dupes.add_argument("--max-bucket", type=int, metavar="HASHES",
+                       help=f"distinct pHashes one band bucket compares all pairs of; a bigger bucket is "
+                            f"cut by more bits, and counted (default {DEFAULT_MAX_BUCKET}; 0 = no limit)")
     p.add_argument("--input", required=True,
                    help="the CSV from export_csv.py; for --runner emr also an s3:// URI")
     p.add_argument("--output", required=True, type=Path, help="folder for the part-* files (must not exist)")
@@ -80,9 +94,34 @@ def summary_line(result: JobResult) -> str:
             f"({', '.join(p.name for p in result.parts)}, merged in {result.merged.name})")
 
 
+def warnings(result: JobResult) -> list[str]:
+    """What the user must know about a result that is not complete (giant buckets)."""
+    uncompared = result.counters.get("uncompared_pairs")
+    if not uncompared:
+        return []
+    return [f"warning: {result.counters.get('giant_buckets', 0)} band buckets held more than --max-bucket "
+            f"distinct pHashes; {uncompared} pairs in them were not compared, so some near duplicates "
+            "may be missing (see mapreduce/README.md, giant buckets)"]
+
+
+def check_job_options(args) -> None:
+    from mapreduce.duplicates_reducer import MAX_THRESHOLD
+
+    if args.job != "duplicates" and (args.threshold is not None or args.max_bucket is not None):
+        raise UserError("--threshold and --max-bucket are for --job duplicates")
+    if args.job == "duplicates" and args.identity:
+        raise UserError("--identity is a smoke test of the runner with /bin/cat; leave out --job duplicates")
+    if args.threshold is not None and not 0 <= args.threshold <= MAX_THRESHOLD:
+        raise UserError(f"--threshold takes 0 to {MAX_THRESHOLD} bits, not {args.threshold}")
+    if args.max_bucket is not None and args.max_bucket < 0:
+        raise UserError("--max-bucket takes a number of pHashes, 0 for no limit")
+
+
 def run(args) -> JobResult:
     spec = JobSpec(input=args.input, output_dir=args.output, reducers=args.reducers,
-                   identity=args.identity, overwrite=args.overwrite)
+                   identity=args.identity, overwrite=args.overwrite, job=args.job,
+                   threshold=args.threshold, max_bucket=args.max_bucket)
+    check_job_options(args)
     if args.runner != "emr" and args.input.startswith("s3://"):
         raise UserError(f"--runner {args.runner} reads a local file; download {args.input} first")
     if args.runner != "emr" and (args.cluster_id or args.create_cluster):
@@ -99,7 +138,8 @@ def run(args) -> JobResult:
     if args.runner == "hadoop":
         from mapreduce.runners.hadoop import run_hadoop
 
-        with cli.progress(200, "hadoop map+reduce %", unit="%") as bar:
+        stages = 2 if args.job == "duplicates" else 1
+        with cli.progress(200 * stages, "hadoop map+reduce %", unit="%") as bar:
             def on_progress(map_pct: int, reduce_pct: int) -> None:
                 bar.update(map_pct + reduce_pct - bar.n)
 
@@ -127,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return cli.EXIT_FAILURES
         print(summary_line(result))
+        for warning in warnings(result):
+            print(warning, file=sys.stderr)
         return cli.EXIT_OK
 
     return cli.run(body)

@@ -17,7 +17,7 @@ from imgpipe.settings import REPO_ROOT, to_env
 KEYS = {"name", "value", "unit", "floor", "ratio", "floor_is", "target", "target_of", "met"}
 FLOORS = {  # figure -> the figure its floor is (None: a floor of its own, or none)
     "processing_floor": "decode_floor", "processing_floor_faces": "decode_floor",
-    "mapreduce_hadoop": "mapreduce_pipe",
+    "mapreduce_hadoop": "mapreduce_pipe", "mapreduce_duplicates": "mapreduce_pipe",
 }
 
 

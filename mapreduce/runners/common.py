@@ -11,9 +11,14 @@ from imgpipe.errors import UserError
 MAPREDUCE_DIR = Path(__file__).resolve().parent.parent
 MAPPER = MAPREDUCE_DIR / "mapper.py"
 REDUCER = MAPREDUCE_DIR / "reducer.py"
+DUPLICATES_MAPPER = MAPREDUCE_DIR / "duplicates_mapper.py"
+DUPLICATES_REDUCER = MAPREDUCE_DIR / "duplicates_reducer.py"
+DUPLICATES_GROUPS = MAPREDUCE_DIR / "duplicates_groups.py"
+JOBS = ("summary", "duplicates")
 # All part files merged and sorted: one file for readers that do not want to glob. Not named
 # part-* so that a reader globbing part-* does not count the groups twice.
 MERGED_NAME = "summary.tsv"
+MERGED_NAMES = {"summary": MERGED_NAME, "duplicates": "duplicates.tsv"}
 
 # The key of every map output line is its first two fields (dimension, value). The combiner's
 # output is parsed with the *reduce* setting (Hadoop's PipeCombiner extends PipeReducer), so
@@ -23,7 +28,8 @@ JOB_CONF = {
     "stream.num.reduce.output.key.fields": "2",
 }
 # What an output folder of ours may hold; --overwrite deletes nothing else.
-_OUTPUT_FILE = re.compile(r"^(\.?part-\d+(\.crc)?|\.?_SUCCESS(\.crc)?|" + re.escape(MERGED_NAME) + r")$")
+_OUTPUT_FILE = re.compile(r"^(\.?part-\d+(\.crc)?|\.?_SUCCESS(\.crc)?|"
+                          + "|".join(map(re.escape, MERGED_NAMES.values())) + r")$")
 
 
 class JobFailed(Exception):
@@ -37,6 +43,43 @@ class JobSpec:
     reducers: int = 1
     identity: bool = False  # /bin/cat as mapper and reducer: a smoke test of the runner
     overwrite: bool = False
+    job: str = "summary"  # one of JOBS
+    threshold: int | None = None  # duplicates: pHash bits apart (None: the scripts' default)
+    max_bucket: int | None = None  # duplicates: distinct hashes per bucket compared in full
+
+    @property
+    def merged_name(self) -> str:
+        return MERGED_NAMES[self.job]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One streaming job of a chain: the scripts it ships (-files), its mapper and reducer
+    (argv; the first word is a script of `files` or a system command such as /bin/cat), and its
+    reduce tasks (None: the job's --reducers)."""
+
+    name: str
+    files: tuple[Path, ...]
+    mapper: tuple[str, ...]
+    reducer: tuple[str, ...]
+    reducers: int | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+def duplicate_stages(spec: JobSpec) -> list[Stage]:
+    """The duplicates job: candidates (bands and sha256 -> verified edges), then groups (one
+    reduce task joins all edges into connected components). See mapreduce/README.md."""
+    from mapreduce.duplicates_reducer import DEFAULT_MAX_BUCKET, DEFAULT_THRESHOLD
+
+    threshold = str(DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold)
+    max_bucket = str(DEFAULT_MAX_BUCKET if spec.max_bucket is None else spec.max_bucket)
+    return [
+        Stage("candidates", (DUPLICATES_MAPPER, DUPLICATES_REDUCER),
+              (DUPLICATES_MAPPER.name, "--threshold", threshold),
+              (DUPLICATES_REDUCER.name, "--threshold", threshold, "--max-bucket", max_bucket),
+              conf={"stream.num.map.output.key.fields": "2"}),
+        Stage("groups", (DUPLICATES_GROUPS,), ("/bin/cat",), (DUPLICATES_GROUPS.name,), reducers=1),
+    ]
 
 
 @dataclass
@@ -67,6 +110,16 @@ def streaming_args(*, input_uri: str, output_uri: str, reducers: int, identity: 
     return args + ["-numReduceTasks", str(reducers), "-input", input_uri, "-output", output_uri]
 
 
+def stage_streaming_args(stage: Stage, *, input_uri: str, output_uri: str, reducers: int,
+                         files: list[str], conf: dict[str, str] | None = None) -> list[str]:
+    """streaming_args for one stage of a chain; `files` are where its scripts are (paths or s3://)."""
+    args: list[str] = []
+    for name, value in {**stage.conf, **(conf or {})}.items():
+        args += ["-D", f"{name}={value}"]
+    args += ["-files", ",".join(files), "-mapper", " ".join(stage.mapper), "-reducer", " ".join(stage.reducer)]
+    return args + ["-numReduceTasks", str(stage.reducers or reducers), "-input", input_uri, "-output", output_uri]
+
+
 def prepare_output_dir(path: Path, overwrite: bool) -> None:
     """Make sure `path` does not exist (Hadoop insists), deleting an earlier job output only."""
     if not path.exists():
@@ -88,15 +141,15 @@ def part_files(path: Path) -> list[Path]:
     return sorted(p for p in path.glob("part-*") if p.is_file() and not p.name.endswith(".crc"))
 
 
-def merge_parts(output_dir: Path) -> tuple[Path, int]:
-    """Write every line of the part files, sorted, to MERGED_NAME; returns (path, lines).
+def merge_parts(output_dir: Path, name: str = MERGED_NAME) -> tuple[Path, int]:
+    """Write every line of the part files, sorted, to `name`; returns (path, lines).
     Several reducers hold disjoint groups, so sorting is all the merge needs."""
     lines: list[str] = []
     for part in part_files(output_dir):
         with open(part, encoding="utf-8", newline="\n") as fh:
             lines.extend(line if line.endswith("\n") else line + "\n" for line in fh if line.strip())
     lines.sort()
-    merged = output_dir / MERGED_NAME
+    merged = output_dir / name
     with open(merged, "w", encoding="utf-8", newline="\n") as out:
         out.writelines(lines)
     return merged, len(lines)

@@ -18,8 +18,9 @@ from typing import Callable
 from imgpipe import aws, cli, s3
 from imgpipe.errors import UserError
 from imgpipe.settings import Settings
-from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, count_data_rows,
-                                      merge_parts, prepare_output_dir, streaming_args)
+from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, Stage, count_data_rows,
+                                      duplicate_stages, merge_parts, prepare_output_dir, stage_streaming_args,
+                                      streaming_args)
 
 log = logging.getLogger("mapreduce.emr")
 
@@ -63,6 +64,18 @@ def step_definition(*, input_uri: str, output_uri: str, mapper_uri: str, reducer
     return {
         "Name": "imgpipe identity check" if identity else "imgpipe image metadata summaries",
         # A failed job must not take down a cluster the user handed us.
+        "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["hadoop-streaming", *args]},
+    }
+
+
+def stage_step_definition(stage: Stage, *, number: int, of: int, input_uri: str, output_uri: str,
+                          file_uris: list[str], reducers: int) -> dict:
+    """One stage of a chained job as a streaming step (see step_definition)."""
+    args = stage_streaming_args(stage, input_uri=input_uri, output_uri=output_uri, reducers=reducers,
+                                files=file_uris)
+    return {
+        "Name": f"imgpipe duplicates, stage {number} of {of}: {stage.name}",
         "ActionOnFailure": "CONTINUE",
         "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["hadoop-streaming", *args]},
     }
@@ -149,8 +162,10 @@ def check_cluster(emr, cluster_id: str) -> None:
         raise UserError(f"EMR cluster {cluster_id} is {state}; start one or pass --create-cluster")
 
 
-def upload_job_files(s3_client, bucket: str, prefix: str, source: str, identity: bool) -> tuple[str, str, str]:
-    """Put the CSV (unless it is on S3 already) and the scripts under the run prefix."""
+def upload_job_files(s3_client, bucket: str, prefix: str, source: str, identity: bool,
+                     scripts: tuple[Path, ...] = (MAPPER, REDUCER)) -> tuple[str, ...]:
+    """Put the CSV (unless it is on S3 already) and the scripts under the run prefix; returns
+    the input's URI and each script's."""
     uploads = []
     if source.startswith("s3://"):
         parse_s3_uri(source)
@@ -162,12 +177,12 @@ def upload_job_files(s3_client, bucket: str, prefix: str, source: str, identity:
         input_key = f"{prefix}input/{path.name}"
         uploads.append((path, input_key))
         input_uri = f"s3://{bucket}/{input_key}"
-    mapper_key, reducer_key = f"{prefix}code/mapper.py", f"{prefix}code/reducer.py"
+    script_keys = [f"{prefix}code/{path.name}" for path in scripts]
     if not identity:
-        uploads += [(MAPPER, mapper_key), (REDUCER, reducer_key)]
+        uploads += list(zip(scripts, script_keys))
     for path, key in uploads:
         s3.upload_file(s3_client, path, bucket, key)
-    return input_uri, f"s3://{bucket}/{mapper_key}", f"s3://{bucket}/{reducer_key}"
+    return (input_uri, *(f"s3://{bucket}/{key}" for key in script_keys))
 
 
 def download_parts(s3_client, bucket: str, prefix: str, output_dir: Path) -> list[Path]:
@@ -185,6 +200,21 @@ def download_parts(s3_client, bucket: str, prefix: str, output_dir: Path) -> lis
         s3.download_file(s3_client, bucket, prefix + name, output_dir / name)
         paths.append(output_dir / name)
     return paths
+
+
+def _run_step(emr, cluster_id: str, step: dict, options: EmrOptions, created: bool,
+              sleep: Callable[[float], None]) -> None:
+    """Add one step to the cluster and wait until it completes (JobFailed otherwise)."""
+    with aws.errors("emr", "adding a step to", cluster_id):
+        step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
+    log.info("added step %s to %s", step_id, cluster_id)
+    try:
+        wait_for_step(emr, cluster_id, step_id, options.poll_seconds, options.timeout_seconds, sleep=sleep)
+    except KeyboardInterrupt:
+        if not created:
+            log.warning("the step keeps running; cancel it with: aws emr cancel-steps "
+                        "--cluster-id %s --step-ids %s", cluster_id, step_id)
+        raise
 
 
 def emr_client(settings: Settings):
@@ -214,7 +244,10 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
     try:
         if cluster_id:
             check_cluster(emr, cluster_id)
-        input_uri, mapper_uri, reducer_uri = upload_job_files(s3_client, bucket, prefix, spec.input, spec.identity)
+        chain = spec.job == "duplicates" and not spec.identity
+        stages = duplicate_stages(spec) if chain else []
+        scripts = tuple(path for stage in stages for path in stage.files) if chain else (MAPPER, REDUCER)
+        input_uri, *script_uris = upload_job_files(s3_client, bucket, prefix, spec.input, spec.identity, scripts)
         log.info("uploaded the job to s3://%s/%s", bucket, prefix)
         if options.create_cluster:
             definition = cluster_definition(release_label=options.release_label, instance_type=options.instance_type,
@@ -224,19 +257,25 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
             created = True
             log.info("created EMR cluster %s (%s, 2 x %s); it is terminated when the job ends",
                      cluster_id, options.release_label, options.instance_type)
-        step = step_definition(input_uri=input_uri, output_uri=f"s3://{bucket}/{output_prefix}",
-                               mapper_uri=mapper_uri, reducer_uri=reducer_uri, reducers=spec.reducers,
-                               identity=spec.identity)
-        with aws.errors("emr", "adding a step to", cluster_id):
-            step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
-        log.info("added step %s to %s", step_id, cluster_id)
-        try:
-            wait_for_step(emr, cluster_id, step_id, options.poll_seconds, options.timeout_seconds, sleep=sleep)
-        except KeyboardInterrupt:
-            if not created:
-                log.warning("the step keeps running; cancel it with: aws emr cancel-steps "
-                            "--cluster-id %s --step-ids %s", cluster_id, step_id)
-            raise
+        if chain:
+            # One step per stage, each added when the one before completed: a failed stage
+            # stops the chain, and the next never reads a half-written folder.
+            uri_of = dict(zip(scripts, script_uris))
+            stage_input = input_uri
+            for number, stage in enumerate(stages, 1):
+                stage_output = (f"s3://{bucket}/{output_prefix}" if number == len(stages)
+                                else f"s3://{bucket}/{prefix}stage-{stage.name}/")
+                step = stage_step_definition(stage, number=number, of=len(stages), input_uri=stage_input,
+                                             output_uri=stage_output, file_uris=[uri_of[p] for p in stage.files],
+                                             reducers=stage.reducers or spec.reducers)
+                _run_step(emr, cluster_id, step, options, created, sleep)
+                stage_input = stage_output
+        else:
+            mapper_uri, reducer_uri = script_uris
+            step = step_definition(input_uri=input_uri, output_uri=f"s3://{bucket}/{output_prefix}",
+                                   mapper_uri=mapper_uri, reducer_uri=reducer_uri, reducers=spec.reducers,
+                                   identity=spec.identity)
+            _run_step(emr, cluster_id, step, options, created, sleep)
         parts = download_parts(s3_client, bucket, output_prefix, spec.output_dir)
     except aws.AwsError as exc:
         if exc.code == "NoCredentialsError":
@@ -256,7 +295,7 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
                 log.error("could not terminate EMR cluster %s, do it by hand: %s", cluster_id, exc)
     if not parts:
         raise JobFailed(f"the step completed but wrote no part files under s3://{bucket}/{output_prefix}")
-    merged, groups = merge_parts(spec.output_dir)
+    merged, groups = merge_parts(spec.output_dir, spec.merged_name)
     local_input = None if spec.input.startswith("s3://") else Path(spec.input)
     return JobResult(runner="emr", output_dir=spec.output_dir, parts=parts, merged=merged, groups_out=groups,
                      seconds=time.monotonic() - started,

@@ -2,6 +2,7 @@
 
 A big input is cut into line-aligned byte ranges, one mapper process each (as Hadoop cuts
 splits), so the mappers use every core; their outputs are sorted together and reduced once.
+A chained job (duplicates) runs one such pipeline per stage, each reading the last one's output.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import time
 from pathlib import Path
 
 from imgpipe.errors import UserError
-from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, count_data_rows,
-                                      counters_from_stderr, merge_parts, prepare_output_dir)
+from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, Stage, count_data_rows,
+                                      counters_from_stderr, duplicate_stages, merge_parts, prepare_output_dir)
 
 SPLIT_BYTES = 64 * 1024 * 1024  # input per mapper before another one is worth starting
 
@@ -80,6 +81,65 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8", "replace")
 
 
+def stage_commands(stage: Stage, python: str = sys.executable) -> tuple[list[str], list[str]]:
+    """(mapper, reducer) argv of one stage of a chain: its scripts run by this Python."""
+    scripts = {path.name: path for path in stage.files}
+
+    def argv(words: tuple[str, ...]) -> list[str]:
+        if words[0] in scripts:
+            return [python, str(scripts[words[0]]), *words[1:]]
+        return ["cat"] if words == ("/bin/cat",) else list(words)
+
+    return argv(stage.mapper), argv(stage.reducer)
+
+
+def _map_sort_reduce(source: Path, ranges: list[tuple[int, int]], mapper_cmd: list[str], reducer_cmd: list[str],
+                     output: Path, tmp: Path, label: str = "") -> dict[str, int]:
+    """One mapper per byte range of `source`, their outputs sorted together into one reducer
+    writing `output`; returns the counters, raises JobFailed with the first failing stage."""
+    outputs = [tmp / f"{label}map-{i:05d}.out" for i in range(len(ranges))]
+    errors = [tmp / f"{label}map-{i:05d}.err" for i in range(len(ranges))]
+    procs, feeders = [], []
+    with open(source, "rb") as src:
+        for (offset, length), out_path, err_path in zip(ranges, outputs, errors):
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                proc = subprocess.Popen(mapper_cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            procs.append(proc)
+            feeder = threading.Thread(target=_feed, args=(src.fileno(), offset, length, proc.stdin), daemon=True)
+            feeder.start()
+            feeders.append(feeder)
+        for feeder in feeders:
+            feeder.join()
+    map_codes = [proc.wait() for proc in procs]
+    prefix = f"{label[:-1]} stage: " if label else ""
+    stage_errors = list(zip([f"{prefix}mapper {i}" for i in range(len(procs))], map_codes, errors))
+    if all(code == 0 for code in map_codes):
+        # Byte order, whatever the user's locale: the reducer needs each group's lines
+        # adjacent, and a locale's collation may ignore the tab that ends the key.
+        sort_env = {**os.environ, "LC_ALL": "C", "TMPDIR": str(tmp)}
+        sort_err_path, reduce_err_path = tmp / f"{label}sort.err", tmp / f"{label}reduce.err"
+        with open(output, "wb") as out, open(sort_err_path, "wb") as sort_err, \
+                open(reduce_err_path, "wb") as reduce_err:
+            sorter = subprocess.Popen(["sort", *map(str, outputs)], stdout=subprocess.PIPE, stderr=sort_err,
+                                      env=sort_env)
+            reducer = subprocess.Popen(reducer_cmd, stdin=sorter.stdout, stdout=out, stderr=reduce_err)
+            sorter.stdout.close()  # so sort sees SIGPIPE if the reducer dies
+            reduce_code = reducer.wait()
+            sort_code = sorter.wait()
+        for path in outputs:
+            path.unlink()  # a chained stage's temporary space stays one stage's worth
+        stage_errors += [(f"{prefix}sort", sort_code, sort_err_path), (f"{prefix}reducer", reduce_code, reduce_err_path)]
+    counters: dict[str, int] = {}
+    for name, code, err_path in stage_errors:
+        found, other = counters_from_stderr(_read(err_path))
+        for key, value in found.items():
+            counters[key] = counters.get(key, 0) + value
+        if code != 0:
+            tail = "\n".join(other[-10:]) or "(nothing on stderr)"
+            raise JobFailed(f"{name} exited with status {code}:\n{tail}")
+    return counters
+
+
 def run_pipe(spec: JobSpec, mappers: int | None = None) -> JobResult:
     source = Path(spec.input)
     if not source.is_file():
@@ -90,50 +150,30 @@ def run_pipe(spec: JobSpec, mappers: int | None = None) -> JobResult:
         raise UserError("--mappers must be at least 1")
     prepare_output_dir(spec.output_dir, spec.overwrite)
     spec.output_dir.mkdir()
-    mapper_cmd, reducer_cmd = commands(spec.identity)
     ranges = split_ranges(source, mappers or default_mappers(source.stat().st_size))
+    part = spec.output_dir / "part-00000"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imgpipe-pipe-") as tmp_name:
         tmp = Path(tmp_name)
-        outputs = [tmp / f"map-{i:05d}.out" for i in range(len(ranges))]
-        errors = [tmp / f"map-{i:05d}.err" for i in range(len(ranges))]
-        procs, feeders = [], []
-        with open(source, "rb") as src:
-            for (offset, length), out_path, err_path in zip(ranges, outputs, errors):
-                with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                    proc = subprocess.Popen(mapper_cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
-                procs.append(proc)
-                feeder = threading.Thread(target=_feed, args=(src.fileno(), offset, length, proc.stdin), daemon=True)
-                feeder.start()
-                feeders.append(feeder)
-            for feeder in feeders:
-                feeder.join()
-        map_codes = [proc.wait() for proc in procs]
-        stage_errors = list(zip([f"mapper {i}" for i in range(len(procs))], map_codes, errors))
-        if all(code == 0 for code in map_codes):
-            # Byte order, whatever the user's locale: the reducer needs each group's lines
-            # adjacent, and a locale's collation may ignore the tab that ends the key.
-            sort_env = {**os.environ, "LC_ALL": "C", "TMPDIR": str(tmp)}
-            with open(spec.output_dir / "part-00000", "wb") as out, \
-                    open(tmp / "sort.err", "wb") as sort_err, open(tmp / "reduce.err", "wb") as reduce_err:
-                sorter = subprocess.Popen(["sort", *map(str, outputs)], stdout=subprocess.PIPE, stderr=sort_err,
-                                          env=sort_env)
-                reducer = subprocess.Popen(reducer_cmd, stdin=sorter.stdout, stdout=out, stderr=reduce_err)
-                sorter.stdout.close()  # so sort sees SIGPIPE if the reducer dies
-                reduce_code = reducer.wait()
-                sort_code = sorter.wait()
-            stage_errors += [("sort", sort_code, tmp / "sort.err"), ("reducer", reduce_code, tmp / "reduce.err")]
-        counters: dict[str, int] = {}
-        for name, code, err_path in stage_errors:
-            found, other = counters_from_stderr(_read(err_path))
-            for key, value in found.items():
-                counters[key] = counters.get(key, 0) + value
-            if code != 0:
-                tail = "\n".join(other[-10:]) or "(nothing on stderr)"
-                raise JobFailed(f"{name} exited with status {code}:\n{tail}")
+        if spec.job == "duplicates" and not spec.identity:
+            # A chain: each stage's single output file is the next stage's input.
+            counters: dict[str, int] = {}
+            stages = duplicate_stages(spec)
+            stage_input, stage_ranges = source, ranges
+            for index, stage in enumerate(stages):
+                stage_output = part if index == len(stages) - 1 else tmp / f"{stage.name}.out"
+                mapper_cmd, reducer_cmd = stage_commands(stage)
+                found = _map_sort_reduce(stage_input, stage_ranges, mapper_cmd, reducer_cmd, stage_output, tmp,
+                                         label=f"{stage.name}-")
+                for key, value in found.items():
+                    counters[key] = counters.get(key, 0) + value
+                stage_input, stage_ranges = stage_output, [(0, stage_output.stat().st_size)]
+        else:
+            mapper_cmd, reducer_cmd = commands(spec.identity)
+            counters = _map_sort_reduce(source, ranges, mapper_cmd, reducer_cmd, part, tmp)
     seconds = time.monotonic() - started
     (spec.output_dir / "_SUCCESS").touch()
-    merged, groups = merge_parts(spec.output_dir)
-    return JobResult(runner="pipe", output_dir=spec.output_dir, parts=[spec.output_dir / "part-00000"],
+    merged, groups = merge_parts(spec.output_dir, spec.merged_name)
+    return JobResult(runner="pipe", output_dir=spec.output_dir, parts=[part],
                      merged=merged, groups_out=groups, seconds=seconds,
                      rows_in=count_data_rows(source), counters=counters)
