@@ -1,7 +1,7 @@
 """Which similarity descriptor finds an image's copies: candidates measured against pHash.
 
 Collection: photo-like JPEGs (imgpipe.samples, one per seed) and the photographs bundled
-with scikit-image (demo.corpus.PHOTO_SOURCES), each with 15 transformed copies: resized to
+with scikit-image (demo.corpus.PHOTO_SOURCES), each with 16 transformed copies: resized to
 25/50/90%, re-encoded at JPEG quality 40/60/95, cropped by 2/5/10%, brightened or darkened by
 10/25%, tilted by 2/5 degrees, and one copy cropped 5% + resized 50% + brightened 10% +
 quality 60. Copies are JPEG (quality 90 unless the transform sets it). Five more copies go

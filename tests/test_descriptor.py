@@ -1,9 +1,9 @@
 """consumer.descriptor: a fixed-length unit vector, deterministic, defined for every image the
 consumer accepts (gray, flat, one pixel wide), and close for an image and its copies.
 
-Cost is a budget, not an assertion: about 0.3-0.45 ms per image on one core of the
-development machine (python -m bench.descriptor, column "us"), against 20-40 ms for
-processing a 1280x960 photo."""
+Cost is a budget, not an assertion: 0.35 ms per 1280x960 photo on one core of the development
+machine (0.45-0.66 ms in python -m bench.descriptor under load), against 17 ms for
+process_image on the same photo (notes/similarity.md)."""
 from __future__ import annotations
 
 import math
