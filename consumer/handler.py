@@ -39,4 +39,4 @@ class ImageHandler:
         self.store.put(derived.thumbnail, image.thumbnail_jpeg, "image/jpeg")
         self.store.put(derived.grayscale, image.grayscale_jpeg, "image/jpeg")
         run = ProcessingRun(utc_now_iso(), (time.perf_counter() - started) * 1000)
-        return to_document(event, source, image.features, derived, run)
+        return to_document(event, source, image.features, derived, run, image.descriptor)

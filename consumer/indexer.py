@@ -18,7 +18,7 @@ import logging
 import threading
 
 from imgpipe import meili
-from imgpipe.document import INDEX_SETTINGS
+from imgpipe.document import EMBEDDER_SETTINGS, INDEX_SETTINGS
 from imgpipe.errors import DENIED, FAILED, NOT_FOUND, REJECTED, UserError
 from imgpipe.retry import Stopped, retry_until_stopped
 from imgpipe.settings import Settings
@@ -68,6 +68,7 @@ class Indexer:
                     raise
                 self._wait(self.client.create_index(name, {"primaryKey": "id"}).task_uid, "creating the index")
             self._wait(self.index.update_settings(INDEX_SETTINGS).task_uid, "updating the index settings")
+            self._add_embedder()
 
         def attempt() -> None:
             try:
@@ -77,6 +78,19 @@ class Indexer:
                 raise _misconfiguration(exc, self.settings) from None  # an outage stays a MeiliError: retried
 
         retry_until_stopped(attempt, self.stop)
+
+    def _add_embedder(self) -> None:
+        """The descriptor's embedder, as its own task: MeiliSearch refuses it on an index that
+        already holds documents without `_vectors` (indexed before descriptors existed). Then
+        similar search waits until those are processed again; indexing goes on regardless."""
+        try:
+            self._wait(self.index.update_settings(EMBEDDER_SETTINGS).task_uid, "adding the descriptor's embedder")
+        except meili.MeiliError as exc:
+            if exc.kind != FAILED:
+                raise
+            log.warning("index %s keeps no descriptors for similar search yet (%s: %s); process its images "
+                        "again (a new consumer group) to add them", self.settings.meili_index, exc.code,
+                        exc.message)
 
     def add(self, documents: list[dict]) -> dict[int, str]:
         """Index a batch and return once MeiliSearch has it (retried through outages). Returns the

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from consumer import imageguard
+from consumer.descriptor import describe
 from imgpipe.errors import InfrastructureError, MessageError
 from imgpipe.settings import Settings
 
@@ -98,6 +99,8 @@ class ProcessedImage:
     features: dict  # FEATURE_KEYS -> int/float/str (meanings in imgpipe.document.FIELDS)
     thumbnail_jpeg: bytes
     grayscale_jpeg: bytes
+    # The similarity descriptor (consumer/descriptor.py): DESCRIPTOR_DIMENSIONS floats, unit norm.
+    descriptor: tuple[float, ...] = ()
 
 
 def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions()) -> ProcessedImage:
@@ -160,7 +163,8 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
     }
     return ProcessedImage({key: features[key] for key in FEATURE_KEYS},
                           thumbnail_jpeg=_encode_jpeg(thumbnail, THUMBNAIL_QUALITY),
-                          grayscale_jpeg=_encode_jpeg(grayscale, GRAYSCALE_QUALITY))
+                          grayscale_jpeg=_encode_jpeg(grayscale, GRAYSCALE_QUALITY),
+                          descriptor=tuple(describe(work, thumbnail)))
 
 
 # --- decoding -----------------------------------------------------------------------------------

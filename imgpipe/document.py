@@ -11,6 +11,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Sequence
 
 from imgpipe import PIPELINE_VERSION
 from imgpipe.events import ImageEvent, to_iso
@@ -55,6 +56,15 @@ INDEX_SETTINGS = {
     "sortableAttributes": ["timestamp", "size_kb", "width", "height", "faces", "sharpness",
                            "megapixels", "processed_at", "file_name"],
 }
+
+# The similarity descriptor travels in MeiliSearch's `_vectors` under this embedder (source
+# userProvided), not as one of FIELDS: it is not exported to the CSV nor shown in tables. A
+# different descriptor would get a new embedder name: MeiliSearch refuses new dimensions for an
+# embedder whose documents hold vectors. DESCRIPTOR_DIMENSIONS is consumer.descriptor's (a test
+# checks they agree; imgpipe does not import the consumer).
+EMBEDDER = "image"
+DESCRIPTOR_DIMENSIONS = 255
+EMBEDDER_SETTINGS = {"embedders": {EMBEDDER: {"source": "userProvided", "dimensions": DESCRIPTOR_DIMENSIONS}}}
 
 _UNSAFE_SEGMENTS = {"", ".", ".."}
 
@@ -114,11 +124,13 @@ class ProcessingRun:
 
 
 def to_document(event: ImageEvent, source: SourceObject, features: dict, derived: DerivedKeys,
-                run: ProcessingRun) -> dict:
-    """The index document of one image, fields in FIELDS order.
+                run: ProcessingRun, descriptor: Sequence[float] | None = None) -> dict:
+    """The index document of one image: FIELDS in their order, then `_vectors`.
 
     `features` are the processing core's (format, width, height, ... sha256: see FIELDS); the
-    rest comes from the event, the fetched object, the derived keys and the run.
+    rest comes from the event, the fetched object, the derived keys and the run. `_vectors` holds
+    the descriptor under EMBEDDER, or None (no descriptor: MeiliSearch then leaves the document
+    out of similar searches, and still accepts it once the embedder exists).
     """
     if source.last_modified is not None:
         moment = source.last_modified if source.last_modified.tzinfo else \
@@ -148,5 +160,5 @@ def to_document(event: ImageEvent, source: SourceObject, features: dict, derived
     missing = [name for name in FIELDS if name not in document]
     if missing:
         raise ValueError(f"features lack {', '.join(missing)}")
-    # Fields beyond FIELDS (none today) keep their place after them.
-    return {**{name: document[name] for name in FIELDS}, **document}
+    vector = list(descriptor) if descriptor else None
+    return {**{name: document[name] for name in FIELDS}, "_vectors": {EMBEDDER: vector}}

@@ -9,7 +9,7 @@ import pytest
 
 from fixtures.keys import CAFE, CSV_BREAKING_KEYS, FILE_SAFE_AWKWARD_KEYS
 from imgpipe import PIPELINE_VERSION
-from imgpipe.document import (FIELDS, DerivedKeys, ProcessingRun, SourceObject, derived_key, document_id, file_name,
+from imgpipe.document import (DESCRIPTOR_DIMENSIONS, EMBEDDER, FIELDS, DerivedKeys, ProcessingRun, SourceObject, derived_key, document_id, file_name,
                               to_document)
 from imgpipe.errors import MessageError
 from imgpipe.events import MAX_EVENT_BYTES, ImageEvent, event_for_object, parse_event
@@ -94,7 +94,7 @@ def test_to_document_builds_every_field_in_order_from_its_inputs():
     doc = to_document(event("raw/cats/a cat.jpg"), SourceObject(size=3000, etag="e2", last_modified=moment),
                       FEATURES, DerivedKeys.of("processed/", "images", "raw/cats/a cat.jpg"),
                       ProcessingRun("2026-05-01T12:31:00.000Z", 12.345))
-    assert list(doc) == list(FIELDS)
+    assert list(doc) == [*FIELDS, "_vectors"] and doc["_vectors"] == {EMBEDDER: None}
     assert doc["id"] == document_id("images", "raw/cats/a cat.jpg")
     assert (doc["bucket"], doc["key"], doc["file_name"]) == ("images", "raw/cats/a cat.jpg", "a cat.jpg")
     # What S3 said at fetch time wins over the (older) event: size, etag, modification time.
@@ -116,3 +116,13 @@ def test_to_document_falls_back_to_the_event_and_refuses_missing_features():
     with pytest.raises(ValueError, match="phash"):
         to_document(event(), SourceObject(size=10), {k: v for k, v in FEATURES.items() if k != "phash"},
                     DerivedKeys.of("p/", "images", "raw/a.jpg"), ProcessingRun("2026-01-01T00:00:02.000Z", 1.0))
+
+
+def test_the_descriptor_travels_in_vectors_under_the_embedder_with_the_agreed_dimensions():
+    from consumer import descriptor
+
+    assert descriptor.DESCRIPTOR_DIMENSIONS == DESCRIPTOR_DIMENSIONS
+    vector = [0.0625] * DESCRIPTOR_DIMENSIONS
+    doc = to_document(event(), SourceObject(size=10), FEATURES, DerivedKeys.of("p/", "images", "raw/a.jpg"),
+                      ProcessingRun("2026-01-01T00:00:02.000Z", 1.0), tuple(vector))
+    assert doc["_vectors"] == {EMBEDDER: vector} and "_vectors" not in FIELDS

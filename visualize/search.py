@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         "python visualize/search.py cat",
         "python visualize/search.py cat --filter 'faces > 0 AND format = \"jpeg\"' --sort timestamp:desc --limit 20",
         "python visualize/search.py --filter 'size_kb > 1000' --sort size_kb:desc --json",
+        "python visualize/search.py --similar 'raw/photos/cat 1.jpg' --limit 10   # images that look alike",
         "MEILI_INDEX=cats python visualize/search.py --filter 'width >= 1920' --tablefmt github"])
     p.add_argument("query", nargs="?", help="words to search for (none: every document the filter lets through)")
+    p.add_argument("--similar", metavar="KEY",
+                   help="list the images most like the one at object KEY (its descriptor, by cosine), best first")
+    p.add_argument("--bucket", help="bucket of --similar KEY (env S3_BUCKET)")
     p.add_argument("--filter", help="MeiliSearch filter expression, e.g. 'faces > 0 AND format = \"png\"'")
     p.add_argument("--sort", action="append", default=[], metavar="FIELD:asc|desc",
                    help="sort order (repeatable; first wins), e.g. timestamp:desc")
@@ -49,6 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tabulate table format: simple, github, grid, psql, plain, ...")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def run_similar(settings: Settings, key: str, bucket: str, params: dict) -> dict:
+    """MeiliSearch's similar-documents answer for the image at bucket/key (hits with _rankingScore)."""
+    from imgpipe.document import EMBEDDER, document_id
+
+    request = {"id": document_id(bucket, key), "embedder": EMBEDDER, "showRankingScore": True, **params}
+    try:
+        with meili.errors("finding images similar to", settings, settings.meili_index):
+            return meili.search_client(settings).index(settings.meili_index).get_similar_documents(request)
+    except meili.MeiliError as exc:
+        if exc.code == "not_found_similar_id":
+            raise UserError(f"no image s3://{bucket}/{cli.printable(key)} in index {settings.meili_index!r} "
+                            "(the key must be exact: see `search.py --json`)") from None
+        if exc.code == "invalid_similar_embedder":
+            raise meili.MeiliError("finding similar images", settings.meili_url, settings.meili_index, exc.code,
+                                   exc.message, exc.kind,
+                                   summary=f"index {settings.meili_index!r} holds no image descriptors yet: process "
+                                           "its images again with this version of the consumer") from None
+        raise meili.as_user_error(exc) from None
 
 
 def search_params(args) -> dict:
@@ -78,12 +102,15 @@ def hits_table(hits: list[dict], tablefmt: str = "simple") -> str:
         return ""
     frame = to_frame(hits)
     rows = [row + [cli.printable(key or "")] for row, key in zip(image_rows(frame), frame["key"])]
+    if all("_rankingScore" in hit for hit in hits):  # --similar: how alike, 1.0 = the same picture
+        return render([[round(hit["_rankingScore"], 3), *row] for hit, row in zip(hits, rows)],
+                      ["likeness", *HIT_COLUMNS], tablefmt)
     return render(rows, HIT_COLUMNS, tablefmt)
 
 
 def summary_line(response: dict, query: str, shown: int) -> str:
     total = response.get("estimatedTotalHits", response.get("totalHits", shown))
-    what = f"for {query!r}" if query else "(no query)"
+    what = f"for {cli.printable(query)!r}" if query else "(no query)"
     return f"search: {shown:,} of about {total:,} hits {what} in {response.get('processingTimeMs', 0)} ms"
 
 
@@ -92,11 +119,18 @@ def search(args) -> int:
         raise UserError("--limit must be at least 1")
     if args.offset < 0:
         raise UserError("--offset must be 0 or more")
+    if args.similar is not None and (args.query or args.sort):
+        raise UserError("--similar ranks by likeness: it takes no query words and no --sort (--filter works)")
     settings = load_settings()
     if args.index:
         settings = settings.with_overrides(meili_index=args.index)
     query = args.query or ""
-    response = run_search(settings, query, search_params(args))
+    if args.similar is not None:
+        params = {k: v for k, v in search_params(args).items() if k != "sort"}
+        response = run_similar(settings, args.similar, args.bucket or settings.s3_bucket, params)
+        query = f"images like {args.similar}"
+    else:
+        response = run_search(settings, query, search_params(args))
     hits = response["hits"]
     if args.json:
         json.dump(hits, sys.stdout, indent=2, ensure_ascii=False)
