@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from imgpipe import meili
 from imgpipe.document import EMBEDDER_SETTINGS, INDEX_SETTINGS
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # Task failures that say nothing about the documents: MeiliSearch itself is failing.
 SERVICE_FAILURE_CODES = frozenset({"io_error", "no_space_left_on_device", "database_size_limit_reached",
                                    "too_many_open_files", "index_not_found", "task_not_found"})
+
+
+EMBEDDER_RETRY_SECONDS = 60.0
 
 
 class DocumentsRefused(Exception):
@@ -46,6 +50,8 @@ class Indexer:
         self.client = meili.client(settings)
         self.index = self.client.index(settings.meili_index)
         self._last_good: dict | None = None  # a document MeiliSearch indexed, to ask whether it still does
+        self._embedder_ready = False
+        self._embedder_tried_at = 0.0
 
     def _wait(self, task_uid: int, what: str) -> None:
         meili.wait_for_task(self.client, self.settings, task_uid, what, self.settings.meili_index)
@@ -83,14 +89,16 @@ class Indexer:
         """The descriptor's embedder, as its own task: MeiliSearch refuses it on an index that
         already holds documents without `_vectors` (indexed before descriptors existed). Then
         similar search waits until those are processed again; indexing goes on regardless."""
+        self._embedder_tried_at = time.monotonic()
         try:
-            self._wait(self.index.update_settings(EMBEDDER_SETTINGS).task_uid, "adding the descriptor's embedder")
+            with meili.errors("adding the descriptor's embedder", self.settings, self.settings.meili_index):
+                self._wait(self.index.update_settings(EMBEDDER_SETTINGS).task_uid, "adding the descriptor's embedder")
+            self._embedder_ready = True
         except meili.MeiliError as exc:
             if exc.kind != FAILED:
                 raise
-            log.warning("index %s keeps no descriptors for similar search yet (%s: %s); process its images "
-                        "again (a new consumer group) to add them", self.settings.meili_index, exc.code,
-                        exc.message)
+            log.warning("index %s keeps no descriptors for similar search yet (%s: %s); it is tried again as "
+                        "its images are processed again", self.settings.meili_index, exc.code, exc.message)
 
     def add(self, documents: list[dict]) -> dict[int, str]:
         """Index a batch and return once MeiliSearch has it (retried through outages). Returns the
@@ -98,6 +106,11 @@ class Indexer:
         refused: dict[int, str] = {}
         self._indexed_some = False
         self._add_part(documents, list(range(len(documents))), refused)
+        if not self._embedder_ready and time.monotonic() - self._embedder_tried_at > EMBEDDER_RETRY_SECONDS:
+            try:
+                self._add_embedder()  # succeeds once every old document was indexed again with a descriptor
+            except meili.MeiliError as exc:
+                log.warning("could not add the descriptor's embedder (%s); trying again later", exc)
         return refused
 
     def _add_now(self, part: list[dict]) -> None:

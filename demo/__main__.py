@@ -47,6 +47,9 @@ def check(report) -> list[str]:
         problems.append(f"exported {report.exported_rows} rows of {report.index_documents} documents")
     if report.mapreduce_format_count != report.exported_rows:
         problems.append(f"MapReduce counted {report.mapreduce_format_count} images of {report.exported_rows} rows")
+    if report.planted_groups_found != report.planted_groups:
+        problems.append(f"the duplicates job found {report.planted_groups_found} of the {report.planted_groups} "
+                        "planted groups of near-duplicates")
     return problems
 
 
@@ -75,6 +78,12 @@ def print_summary(report, settings) -> None:
         print("\ndead letters (topic %s):" % settings.kafka_dead_letter_topic)
         print(tabulate([(cli.printable(key), cli.printable(reason)) for key, reason in report.dead_letters],
                        headers=["key", "reason"], tablefmt="simple", maxcolwidths=[40, 70]))
+    if report.duplicate_groups:
+        print(f"\nduplicate groups ({report.planted_groups_found} of {report.planted_groups} planted ones found):")
+        print(tabulate([(kind, size, cli.printable(", ".join(k.rsplit("/", 1)[-1] for k in keys[:5])
+                                                   + (" …" if size > 5 else "")))
+                        for kind, size, keys in report.duplicate_groups[:12]],
+                       headers=["kind", "images", "files"], tablefmt="simple", maxcolwidths=[None, None, 80]))
     print("\nsteps:")
     print(tabulate([(name, f"{sec:.1f} s") for name, sec in report.steps], tablefmt="simple"))
     print("\ncharts:")

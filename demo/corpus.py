@@ -42,7 +42,12 @@ ASTRONAUT_FACE = (177, 66, 272, 161)
 LARGE_SIZES = ((3000, 2000), (2000, 3000), (4000, 3000), (3840, 2160), (2592, 1944), (3264, 2448))
 
 # Stream numbers keep the random draws of each folder independent of the others' counts.
-_STREAMS = {"captcha": 1, "photos": 2, "misc": 3, "names": 4, "broken": 5}
+_STREAMS = {"captcha": 1, "photos": 2, "misc": 3, "names": 4, "broken": 5, "dupes": 6}
+# dupes/: a few photos, each with copies the duplicates job must group with it: an exact byte
+# copy, a resized one, a re-encoded one and a brightened one.
+DUPLICATE_SOURCES = ("coffee", "rocket", "chelsea")
+DUPLICATE_KINDS = ("original", "exact-copy", "resized", "re-encoded", "brighter")
+DUPLICATE_COUNT = len(DUPLICATE_SOURCES) * len(DUPLICATE_KINDS)
 
 
 def build_corpus(count: int = 300, seed: int = 0, *,
@@ -56,7 +61,7 @@ def build_corpus(count: int = 300, seed: int = 0, *,
         raise ValueError(f"count must be at least 1, got {count}")
     if seed < 0:
         raise ValueError(f"seed must be 0 or more, got {seed}")
-    filler = max(count - len(FILE_SAFE_AWKWARD_KEYS) - len(BROKEN_FILES), 3)
+    filler = max(count - len(FILE_SAFE_AWKWARD_KEYS) - len(BROKEN_FILES) - DUPLICATE_COUNT, 3)
     n_photos = max(1, round(filler * 0.45))
     n_misc = max(1, round(filler * 0.15))
     n_captcha = filler - n_photos - n_misc
@@ -72,6 +77,7 @@ def build_corpus(count: int = 300, seed: int = 0, *,
     items += [tick(_misc_item(seed, i)) for i in range(n_misc)]
     items += [tick((key, _awkward_content(seed, i, key))) for i, key in enumerate(FILE_SAFE_AWKWARD_KEYS)]
     items += [tick((key, make(seed))) for key, make in BROKEN_FILES.items()]
+    items += [tick(item) for item in _planted_duplicates(seed)]
     duplicates = [k for k, n in Counter(k for k, _ in items).items() if n > 1]
     if duplicates:  # a second object under one key would silently replace the first
         raise RuntimeError(f"corpus keys must be unique: {duplicates[:5]}")
@@ -404,6 +410,26 @@ def _awkward_content(seed: int, i: int, key: str) -> bytes:
     if ext == "webp":
         return webp(image, 80)
     return jpeg(image, 85)
+
+
+# --- planted duplicates: the duplicates job's groups in the demo -----------------------------
+
+def _planted_duplicates(seed: int) -> list[Item]:
+    import cv2
+
+    items = []
+    for i, name in enumerate(DUPLICATE_SOURCES):
+        rng = _rng(seed, "dupes", i)
+        photo = bundled_photo(name)
+        x0, y0, x1, y1 = _crop_box(rng, photo.shape[1], photo.shape[0], 4 / 3)
+        image = _resize(photo[y0:y1, x0:x1], (800, 600))
+        original = jpeg(image, 90)
+        copies = {"original": original, "exact-copy": original,
+                  "resized": jpeg(_resize(image, (480, 360)), 85),
+                  "re-encoded": jpeg(image, 55),
+                  "brighter": jpeg(cv2.convertScaleAbs(image, alpha=1.0, beta=18), 90)}
+        items += [(f"dupes/{name}-{kind}.jpg", data) for kind, data in copies.items()]
+    return items
 
 
 # --- broken files: each must end in the dead-letter topic ------------------------------

@@ -40,6 +40,9 @@ class DemoReport:
     mapreduce_runner: str = ""
     mapreduce_seconds: float = 0.0
     mapreduce_format_count: int = 0
+    duplicate_groups: list[tuple[str, int, list[str]]] = field(default_factory=list)  # (kind, size, keys)
+    planted_groups_found: int = 0
+    planted_groups: int = 0
     charts: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -117,11 +120,46 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
         int(line.split("\t")[2]) for part in sorted(mapreduce_dir.glob("part-*"))
         for line in part.read_text().splitlines() if line.startswith("format\t"))
 
+    duplicates_dir = out / "duplicates"
+    run_step(f"duplicates ({runner})", ["mapreduce/run_job.py", "--job", "duplicates", "--runner", runner,
+                                        "--input", str(csv_path), "--output", str(duplicates_dir), "--overwrite"],
+             settings, report)
+    report.duplicate_groups = duplicate_groups(duplicates_dir, csv_path)
+    report.planted_groups, report.planted_groups_found = planted_groups_found(settings, report.duplicate_groups)
+
     before = time.time()
     run_step("visualize", ["visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(mapreduce_dir),
+                           "--duplicates-dir", str(duplicates_dir),
                            "--consumer-summary", str(consumer_summary)], settings, report)
     report.charts = sorted(str(p) for p in out.glob("*.png") if p.stat().st_mtime >= before - 1)
     return report
+
+
+def duplicate_groups(duplicates_dir: Path, csv_path: Path) -> list[tuple[str, int, list[str]]]:
+    """(kind, size, object keys) of every group the duplicates job wrote, keys from the export."""
+    import csv
+
+    from visualize.duplicates import find_output, read_groups
+
+    found = find_output(duplicates_dir)
+    if found is None:
+        return []
+    groups, _ = read_groups(found)
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        key_of = {row["id"]: row["key"] for row in csv.DictReader(fh)}
+    return [(g.kind, g.size, sorted(key_of.get(i, i) for i in g.ids)) for g in groups]
+
+
+def planted_groups_found(settings: Settings, groups) -> tuple[int, int]:
+    """(planted groups, how many of them a near group holds whole)."""
+    from demo.corpus import DUPLICATE_KINDS, DUPLICATE_SOURCES
+
+    near = [set(keys) for kind, _, keys in groups if kind == "near"]
+    found = 0
+    for name in DUPLICATE_SOURCES:
+        planted = {f"{settings.s3_raw_prefix}dupes/{name}-{kind}.jpg" for kind in DUPLICATE_KINDS}
+        found += any(planted <= group for group in near)
+    return len(DUPLICATE_SOURCES), found
 
 
 def default_runner() -> str:

@@ -50,7 +50,9 @@ FIELDS: dict[str, str] = {
 
 INDEX_SETTINGS = {
     "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket"],
-    "filterableAttributes": ["bucket", "format", "faces", "width", "height", "size_kb", "megapixels",
+    # `id` is filterable so readers with the search-only key can fetch given documents (the
+    # duplicate groups' members) by search.
+    "filterableAttributes": ["id", "bucket", "format", "faces", "width", "height", "size_kb", "megapixels",
                              "sharpness", "edge_density", "mean_brightness", "timestamp", "sha256",
                              "phash", "channels", "bit_depth", "key"],
     "sortableAttributes": ["timestamp", "size_kb", "width", "height", "faces", "sharpness",

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe import meili, s3
-from imgpipe.document import INDEX_SETTINGS, derived_key, document_id
+from imgpipe.document import INDEX_SETTINGS, DerivedKeys, ProcessingRun, SourceObject, to_document
+from imgpipe.events import ImageEvent, to_iso
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -24,31 +25,31 @@ FACES = [0] * 6 + [1, 1, 2, 3, 12]
 
 
 def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float | None = None,
-             processed_hour: int | None = None, name: str | None = None) -> dict:
+             processed_hour: int | None = None, name: str | None = None, nulls: tuple[str, ...] = ()) -> dict:
+    """Document number i, built by the consumer's own to_document; the fields in `nulls` are null
+    (a document missing a value, as an older pipeline could write)."""
     rnd = random.Random(i)
     bucket = settings.s3_bucket
     fmt = FORMATS[i % len(FORMATS)]
     key = f"{settings.s3_raw_prefix}{name or f'photo_{i:05d}.{fmt}'}"
-    size = size_kb if size_kb is not None else round(rnd.lognormvariate(5, 1.2), 2)
+    size_bytes = round((size_kb if size_kb is not None else rnd.lognormvariate(5, 1.2)) * 1024)
     width, height = rnd.choice([(640, 480), (1920, 1080), (800, 800), (4032, 3024)])
     stamp = timestamp if timestamp is not None else BASE_TIME + i * 37
     hour = processed_hour if processed_hour is not None else (i * 5) % 24
     processed = datetime(2025, 11, 25, hour, i % 60, 7, 123000, tzinfo=timezone.utc)
-    return {
-        "id": document_id(bucket, key), "bucket": bucket, "key": key, "file_name": key.rsplit("/", 1)[-1],
-        "format": fmt, "size_bytes": int(size * 1024), "size_kb": size, "width": width, "height": height,
-        "channels": 3, "bit_depth": 8, "megapixels": round(width * height / 1e6, 3),
-        "mean_brightness": round(rnd.uniform(20, 230), 2), "sharpness": round(rnd.uniform(1, 900), 3),
-        "edge_density": round(rnd.random(), 4), "dominant_color": f"#{rnd.randrange(1 << 24):06x}",
-        "faces": FACES[i % len(FACES)], "phash": f"{rnd.getrandbits(64):016x}", "sha256": f"{i:064x}",
-        "thumbnail_key": derived_key(settings.s3_processed_prefix, "thumbnails", bucket, key),
-        "grayscale_key": derived_key(settings.s3_processed_prefix, "grayscale", bucket, key),
-        "etag": f'"{i:032x}"', "timestamp": stamp,
-        "last_modified": datetime.fromtimestamp(stamp, tz=timezone.utc).isoformat().replace("+00:00", "Z"),
-        "event_time": processed.isoformat().replace("+00:00", "Z"),
-        "processed_at": processed.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "processing_ms": round(rnd.uniform(5, 80), 1), "pipeline_version": "test",
-    }
+    features = {
+        "format": fmt, "size_bytes": size_bytes, "width": width, "height": height, "channels": 3, "bit_depth": 8,
+        "megapixels": round(width * height / 1e6, 3), "mean_brightness": round(rnd.uniform(20, 230), 2),
+        "sharpness": round(rnd.uniform(1, 900), 3), "edge_density": round(rnd.random(), 4),
+        "dominant_color": f"#{rnd.randrange(1 << 24):06x}", "faces": FACES[i % len(FACES)],
+        "phash": f"{rnd.getrandbits(64):016x}", "sha256": f"{i:064x}"}
+    moment = datetime.fromtimestamp(stamp, tz=timezone.utc)
+    event = ImageEvent(bucket, key, size_bytes, f"{i:032x}", to_iso(moment), to_iso(processed))
+    doc = to_document(event, SourceObject(size_bytes, f'"{i:032x}"', moment), features,
+                      DerivedKeys.of(settings.s3_processed_prefix, bucket, key),
+                      ProcessingRun(to_iso(processed), rnd.uniform(5, 80), pipeline_version="test"))
+    doc.update(dict.fromkeys(nulls))
+    return doc
 
 
 def index_documents(settings, docs: list[dict], apply_settings: bool = True) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger("visualize")
 
 DEFAULT_OUT = Path("out")
 DEFAULT_MAPREDUCE_DIR = Path("out/mapreduce")
+DEFAULT_DUPLICATES_DIR = Path("out/duplicates")
 DEFAULT_CONSUMER_SUMMARY = Path("out/consumer_summary.json")
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read documents from this exported CSV instead of MeiliSearch")
     p.add_argument("--mapreduce-dir", type=Path, default=DEFAULT_MAPREDUCE_DIR, metavar="DIR",
                    help="where the MapReduce part-* files are; the newest set below DIR is used")
+    p.add_argument("--duplicates-dir", type=Path, default=DEFAULT_DUPLICATES_DIR, metavar="DIR",
+                   help="output of `run_job.py --job duplicates`: its groups become a table and duplicates.png")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where the PNG files go")
     p.add_argument("--limit", type=int, default=10, help="rows of the recent-images table")
     p.add_argument("--sort", default="timestamp:desc", metavar="FIELD[:asc|desc]",
@@ -135,6 +138,47 @@ def write_charts(frame, summary, out: Path) -> list[Path]:
     return written
 
 
+def read_duplicates(settings: Settings, frame, args):
+    """(groups, id -> document) of the duplicates job's output, or None when there is none."""
+    from visualize import duplicates
+
+    found = duplicates.find_output(args.duplicates_dir)
+    if found is None:
+        return None
+    groups, skipped = duplicates.read_groups(found)
+    if skipped:
+        print(f"warning: {skipped} line(s) of {found} are not duplicate groups; left out", file=sys.stderr)
+    shown = groups[:max(duplicates.MAX_GROUPS, duplicates.PICTURE_GROUPS)]
+    if args.csv:
+        by_id = {doc["id"]: doc for doc in frame.to_dict("records")}
+        documents = {i: by_id[i] for g in shown for i in g.ids if i in by_id}
+    else:
+        index = meili.search_client(settings).index(settings.meili_index)
+
+        def search(filter_: str, limit: int) -> list[dict]:
+            try:
+                with meili.errors("reading duplicate groups from", settings, settings.meili_index):
+                    return index.search("", {"filter": filter_, "limit": limit})["hits"]
+            except meili.MeiliError as exc:
+                raise meili.as_user_error(exc) from None
+
+        documents = duplicates.resolve(search, shown)
+    return groups, documents, found
+
+
+def print_duplicates(found, tablefmt: str) -> None:
+    from visualize import duplicates
+    from visualize.tables import human_size, render
+
+    groups, documents, path = found
+    total = duplicates.totals(groups, documents)
+    print(f"\nDuplicate groups ({total['exact_groups']:,} exact, {total['near_groups']:,} near; "
+          f"{total['images_in_groups']:,} images; exact copies could free "
+          f"{human_size(total['reclaimable_bytes_exact'] / 1024)}; from {path})")
+    if groups:
+        print(render(duplicates.table_rows(groups, documents), ["kind", "images", "reclaimable", "files"], tablefmt))
+
+
 def write_previews(settings: Settings, frame, args) -> Path | None:
     """The thumbnail grid; None when no document had a readable thumbnail."""
     from visualize.previews import fetch_thumbnails, preview_grid
@@ -195,6 +239,9 @@ def visualize(args) -> int:
         print(f"note: no MapReduce output under {args.mapreduce_dir}; its table and chart are left out",
               file=sys.stderr)
     print_tables(frame, summary, args, dead_lettered_count(args.dead_lettered, args.consumer_summary))
+    duplicate_groups = read_duplicates(settings, frame, args)
+    if duplicate_groups is not None:
+        print_duplicates(duplicate_groups, args.tablefmt)
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +258,17 @@ def visualize(args) -> int:
             preview, failed = None, True
         if preview is not None:
             written.append(preview)
+        if duplicate_groups is not None and duplicate_groups[0]:
+            from visualize import duplicates
+
+            try:
+                chart = duplicates.picture(s3.client(settings), settings.s3_bucket, *duplicate_groups[:2])
+                path = args.out / f"{chart.name}.png"
+                chart.figure.savefig(path, dpi=chart.figure.dpi)
+                written.append(path)
+            except InfrastructureError as exc:
+                print(f"error: {cli.printable(exc)}", file=sys.stderr)
+                failed = True
     for path in written:
         print(f"wrote {path}")
     print(f"visualize: {len(frame):,} images from {source}, {len(written)} PNG file(s) in {args.out}")
