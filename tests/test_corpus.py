@@ -67,14 +67,14 @@ def test_count_is_what_was_asked_and_small_counts_keep_the_special_files(corpus)
     small = dict(build_corpus(5))
     assert len(small) >= 5
     assert set(BROKEN_FILES) <= set(small) and set(FILE_SAFE_AWKWARD_KEYS) <= set(small)
-    assert {k.split("/")[0] for k in small} == {"captcha", "photos", "misc", "broken"}
+    assert {k.split("/")[0] for k in small} == {"captcha", "photos", "misc", "broken", "dupes"}
     with pytest.raises(ValueError):
         build_corpus(0)
 
 
 def test_folders_and_formats_are_varied(corpus):
     summary = corpus_summary(corpus)
-    assert set(summary["by_folder"]) == {"captcha", "photos", "misc", "broken"}
+    assert set(summary["by_folder"]) == {"captcha", "photos", "misc", "broken", "dupes"}
     assert summary["by_folder"]["captcha"] >= 60 and summary["by_folder"]["photos"] >= 60
     for fmt in ("jpeg", "png", "webp", "gif", "bmp", "tiff"):
         assert summary["by_format"].get(fmt, 0) >= 1, fmt

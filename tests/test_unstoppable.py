@@ -152,12 +152,14 @@ def budget_letters(settings, expected: int) -> dict[str, str]:
 
 
 def test_an_image_over_the_time_budget_is_stopped_and_dead_lettered(settings, tmp_path):
-    good = healthy_images(settings, 4)
-    put_and_announce(settings, {"slow-90mp.png": single_colour_png(10000, 9000)})
-    summary = consume(settings, tmp_path, PROCESSING_TIMEOUT_SECONDS="0.1", MAX_DECODE_BYTES=str(1 << 30),
+    good = healthy_images(settings, 4)  # a few milliseconds each
+    # 49 MP of 16-bit RGBA (392 MB decoded): about 3 s of work here, six times the budget.
+    slow = encode(np.full((7000, 7000, 4), (1000, 30000, 50000, 40000), np.uint16), ".png", [16, 9])
+    put_and_announce(settings, {"slow-rgba16.png": slow})
+    summary = consume(settings, tmp_path, PROCESSING_TIMEOUT_SECONDS="0.5", MAX_DECODE_BYTES=str(1 << 30),
                       WORKER_MEMORY_MB="0")
     assert (summary["indexed"], summary["dead_lettered"]) == (4, 1)
-    assert "longer than PROCESSING_TIMEOUT_SECONDS = 0.1 s" in budget_letters(settings, 1)["slow-90mp.png"]
+    assert "longer than PROCESSING_TIMEOUT_SECONDS = 0.5 s" in budget_letters(settings, 1)["slow-rgba16.png"]
     assert sorted(d["key"] for d in all_documents(settings)) == sorted(good)
 
 
