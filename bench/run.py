@@ -252,7 +252,7 @@ class Bench:
 
     # --- clean-up ---------------------------------------------------------------------------
     def clean_up(self) -> None:
-        """Delete this run's indexes, topics and S3 objects (the local S3 keeps them in memory)."""
+        """Delete this run's indexes, topics and S3 objects (the local S3 keeps them on disk)."""
         step("clean-up")
         for run in PIPELINE_RUNS:
             settings = self.names.settings(self.settings, run)

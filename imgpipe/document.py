@@ -57,6 +57,8 @@ INDEX_SETTINGS = {
 }
 
 _UNSAFE_SEGMENTS = {"", ".", ".."}
+# The stem of a derived image's file name, in UTF-8 bytes: with ".jpg" well under 255.
+MAX_STEM_BYTES = 200
 
 
 def document_id(bucket: str, key: str) -> str:
@@ -76,9 +78,12 @@ def derived_key(processed_prefix: str, kind: str, bucket: str, key: str, extensi
     """
     stem = posixpath.splitext(file_name(key))[0]
     stem = re.sub(r"[\x00-\x1f\x7f/\\]", "_", stem)
+    # Cut by UTF-8 bytes, never inside a character: file systems (and so S3 servers that store
+    # objects as files, like versitygw) refuse a path segment over 255 bytes.
+    stem = stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
     if stem in _UNSAFE_SEGMENTS or set(stem) <= {"."}:
         stem = "image"
-    return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem[:200]}.{extension}"
+    return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem}.{extension}"
 
 
 @dataclass(frozen=True)

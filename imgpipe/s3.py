@@ -250,6 +250,19 @@ def download_file(s3, bucket: str, key: str, path) -> None:
         s3.download_file(bucket, key, str(path))
 
 
+def health_answers(url: str, timeout: float = 2.0) -> bool:
+    """True when an unauthenticated GET of a server's health URL (versitygw's /health) says 200."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local check: no proxy
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def answers(settings: Settings) -> bool:
     """True when the S3 endpoint answers a request with these credentials (a health check)."""
     try:

@@ -1,5 +1,6 @@
-"""A loopback TCP proxy the tests can cut and restore, to make a service unreachable for a while
-without stopping it (moto's S3 keeps its objects in memory: stopping it would lose them)."""
+"""A loopback TCP proxy the tests can cut and restore, to make a service unreachable for one
+client at a chosen moment without stopping it for everyone else (and without needing the
+service to be one the test session manages)."""
 from __future__ import annotations
 
 import socket

@@ -80,6 +80,14 @@ def test_derived_keys_never_escape_the_processed_prefix(key):
     assert not any(ord(c) < 32 for c in derived)
 
 
+@pytest.mark.parametrize("name", ["日" * 85, "é" * 127 + ".png", "📷" * 63 + ".jpeg", "a" * 255])
+def test_derived_keys_keep_every_segment_within_255_bytes_and_cut_no_character(name):
+    derived = derived_key("processed/", "thumbnails", "images", f"raw/{name}")
+    assert all(len(part.encode("utf-8")) <= 255 for part in derived.split("/"))
+    stem = derived.rsplit("/", 1)[1][:-len(".jpg")]
+    assert stem and name.startswith(stem) and len(stem.encode("utf-8")) <= 200
+
+
 def test_file_name_is_the_last_segment():
     assert file_name("raw/x/y z.jpg") == "y z.jpg"
 
