@@ -41,7 +41,7 @@ FIELDS: dict[str, str] = {
     "etag": "S3 ETag of the object when the event was produced",
     "timestamp": "object's LastModified as Unix seconds (sortable, filterable)",
     "last_modified": "object's LastModified, UTC ISO-8601",
-    "event_time": "when the producer emitted the event, UTC ISO-8601",
+    "event_time": "when S3 made the change (event-driven producer) or the producer listed it, UTC ISO-8601",
     "processed_at": "when the consumer processed the image, UTC ISO-8601",
     "processing_ms": "time spent fetching and processing the image, milliseconds",
     "pipeline_version": "version of the pipeline that built the document",

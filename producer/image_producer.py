@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""List the images in an S3 bucket and send one JSON metadata event per object to Kafka.
+"""Send one JSON event per S3 object change to Kafka: from a listing of the bucket (once, or
+every few seconds with --watch), or from the bucket's S3 Event Notifications on an SQS queue.
 
-Each event carries bucket, key, size, etag, last_modified, event_time and schema_version;
-the Kafka message key is the object key. Settings come from the environment and .env
-(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX, S3_ENDPOINT_URL, ...).
+Each event carries schema_version, action (upsert or delete), bucket, key, size, etag,
+last_modified, event_time and sequencer; the Kafka message key is the object key. Settings come
+from the environment and .env (KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX,
+S3_ENDPOINT_URL, SQS_QUEUE_URL, ...).
 
-Exit status: 0 all events delivered, 1 some delivery failed or a key was missing,
-2 usage or settings error.
+Exit status: 0 all events delivered, 1 some delivery failed, a key was missing, a notification
+was malformed or a service is unreachable, 2 usage or settings error.
 """
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ def build_parser():
         "python producer/image_producer.py                       # every object under S3_RAW_PREFIX",
         "python producer/image_producer.py --prefix raw/cats/ --limit 100",
         "python producer/image_producer.py --key 'raw/a cat.jpg' --key raw/dog.png",
-        "python producer/image_producer.py --watch 10            # keep sending new or changed objects"])
+        "python producer/image_producer.py --watch 10            # keep sending new, changed and deleted objects",
+        "python producer/image_producer.py --sqs-queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/images-events"])
     p.add_argument("--bucket", help="bucket to list (env S3_BUCKET)")
-    p.add_argument("--prefix", help="key prefix to list (env S3_RAW_PREFIX)")
+    p.add_argument("--prefix", help="key prefix to list; with --sqs-queue-url, only notifications under it are "
+                                    "sent (env S3_RAW_PREFIX)")
     p.add_argument("--limit", type=int, help="send at most this many events per pass")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="send just this object key (repeatable); the key is used exactly as given")
@@ -51,6 +55,14 @@ def build_parser():
                    help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
     p.add_argument("--state-file", type=Path,
                    help="where --watch remembers what it sent (default: under LOCAL_STATE_DIR)")
+    p.add_argument("--sqs-queue-url", metavar="URL",
+                   help="instead of listing, long-poll this SQS queue of the bucket's S3 Event Notifications "
+                        "(env SQS_QUEUE_URL)")
+    p.add_argument("--wait-seconds", type=int, default=10, metavar="N",
+                   help="with --sqs-queue-url: how long one poll waits for messages, 1-20; a stop takes "
+                        "effect within one poll")
+    p.add_argument("--max-idle-seconds", type=float, metavar="N",
+                   help="with --sqs-queue-url: stop after N seconds without a message (default: run until stopped)")
     p.add_argument("--summary-json", type=Path, help="also write the final counts to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
@@ -138,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
+        queue_url = args.sqs_queue_url or settings.sqs_queue_url
+        if queue_url:
+            return from_queue(settings, queue_url, bucket, prefix)
+        if args.max_idle_seconds is not None:
+            raise UserError("--max-idle-seconds needs --sqs-queue-url")
         kafka.check_topic(settings, settings.kafka_topic)
         client = s3.client(settings)
         if args.watch is None:
@@ -164,6 +181,27 @@ def main(argv: list[str] | None = None) -> int:
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK
+
+    def from_queue(settings: Settings, queue_url: str, bucket: str, prefix: str) -> int:
+        from producer.queue_mode import QueueProducer
+
+        for name in ("watch", "key", "limit", "rate", "state_file"):
+            if getattr(args, name):
+                raise UserError(f"--{name.replace('_', '-')} lists the bucket; it cannot be combined with "
+                                "--sqs-queue-url (or SQS_QUEUE_URL)")
+        if not 1 <= args.wait_seconds <= 20:
+            raise UserError("--wait-seconds must be between 1 and 20 (SQS's longest poll)")
+        kafka.check_topic(settings, settings.kafka_topic)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        report = QueueProducer(settings, queue_url, bucket, prefix, args.wait_seconds, args.max_idle_seconds,
+                               stop).run()
+        print(f"producer: {report.summary()}", file=sys.stderr)
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
+        return cli.EXIT_FAILURES if report.failed or report.malformed or report.kept else cli.EXIT_OK
 
     return cli.run(body)
 
