@@ -193,6 +193,18 @@ def list_objects(s3, bucket: str, prefix: str = "") -> Iterator[dict]:
                     yield obj
 
 
+def list_page(s3, bucket: str, prefix: str = "", start_after: str = "",
+              max_keys: int = 1000) -> tuple[list[dict], bool]:
+    """One ListObjectsV2 page of the objects after `start_after` (folder markers left out), and
+    whether more follow. Resuming after the last key seen, rather than with a continuation token,
+    works after any outage or restart of the server."""
+    with errors("listing", bucket, prefix):
+        response = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=max_keys,
+                                      **({"StartAfter": start_after} if start_after else {}))
+    objects = response.get("Contents", [])
+    return [o for o in objects if not o["Key"].endswith("/")], bool(response.get("IsTruncated")) and bool(objects)
+
+
 def delete_prefix(s3, bucket: str, prefix: str) -> int:
     """Delete every object under `prefix` (1,000 per request); returns how many were deleted."""
     if not prefix:

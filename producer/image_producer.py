@@ -28,9 +28,10 @@ if __package__ in (None, ""):
 
 from imgpipe import cli, kafka, s3
 from imgpipe.errors import UserError
-from imgpipe.events import event_for_object
+from imgpipe.events import ImageEvent, event_for_object, utc_now_iso
+from imgpipe.retry import Stopped
 from imgpipe.settings import Settings, load_settings
-from producer.listing import SentState, head_objects
+from producer.listing import SentState, head_objects, list_retrying
 from producer.sender import EventSender
 
 log = logging.getLogger("producer")
@@ -52,7 +53,7 @@ def build_parser():
     p.add_argument("--topic", help="Kafka topic (env KAFKA_TOPIC)")
     p.add_argument("--rate", type=float, metavar="N", help="send at most N events per second (steady load)")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
-                   help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
+                   help="keep polling the bucket every SECONDS (default 10) for new, changed and deleted objects")
     p.add_argument("--state-file", type=Path,
                    help="where --watch remembers what it sent (default: under LOCAL_STATE_DIR)")
     p.add_argument("--sqs-queue-url", metavar="URL",
@@ -86,37 +87,64 @@ def s3_errors_explained(source, bucket: str):
 
 
 def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[str], limit: int | None,
-             state: SentState | None, show_progress: bool | None, rate: float | None = None) -> tuple[int, int]:
-    """Send events for one listing; returns (delivered, failed)."""
+             state: SentState | None, show_progress: bool | None, rate: float | None = None,
+             stop: threading.Event | None = None) -> tuple[int, int]:
+    """Send events for one listing; returns (delivered, failed).
+
+    With a `state` (--watch): only new or changed objects are sent, and after a full listing a
+    delete event for each remembered key that is gone. With `stop`: a listing page that fails
+    on an outage is retried until it works or a stop comes, and a stop ends the pass early."""
     missing = 0
-    seen = None
+    pass_started = utc_now_iso()  # a key missing from this listing was gone by then
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
     sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
                          track_delivered=state is not None)
+    gone: set[str] = set()
     try:
-        source = head_objects(client, bucket, keys) if keys else s3.list_objects(client, bucket, prefix)
+        if keys:
+            source = head_objects(client, bucket, keys)
+        elif stop is not None:
+            source = list_retrying(client, bucket, prefix, stop)
+        else:
+            source = s3.list_objects(client, bucket, prefix)
         queued = 0
         started = time.monotonic()
         seen: set[str] | None = set() if state is not None and not keys else None
-        for obj in s3_errors_explained(source, bucket):
-            if isinstance(obj, str):
-                log.error("%s", obj)
-                missing += 1
-                continue
-            if seen is not None:
-                seen.add(obj["Key"])
-            if state is not None and not state.is_new(obj):
-                continue
-            if limit is not None and queued >= limit:
-                seen = None  # the listing was cut short: it cannot tell what was deleted
-                break
-            if rate:
-                # Pace against the start of the pass, so a slow moment is caught up on, not lost.
-                delay = started + queued / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            sender.send(event_for_object(bucket, obj))
-            queued += 1
+        try:
+            for obj in s3_errors_explained(source, bucket):
+                if stop is not None and stop.is_set():
+                    seen = None  # cut short: it cannot tell what was deleted
+                    break
+                if isinstance(obj, str):
+                    log.error("%s", obj)
+                    missing += 1
+                    continue
+                if seen is not None:
+                    seen.add(obj["Key"])
+                if state is not None and not state.is_new(obj):
+                    continue
+                if limit is not None and queued >= limit:
+                    seen = None
+                    break
+                if rate:
+                    # Pace against the start of the pass, so a slow moment is caught up on, not lost.
+                    delay = started + queued / rate - time.monotonic()
+                    if delay > 0:
+                        if stop is None:
+                            time.sleep(delay)
+                        elif stop.wait(delay):
+                            seen = None
+                            break
+                sender.send(event_for_object(bucket, obj))
+                queued += 1
+        except Stopped:
+            seen = None
+            log.warning("stopped while S3 was failing: the rest of this listing is not sent")
+        if state is not None and seen is not None:
+            # A full listing without a key we delivered before: the object was deleted.
+            gone = state.known_keys() - seen
+            for key in sorted(gone):
+                sender.send(ImageEvent.deletion(bucket, key, pass_started))
     finally:
         sender.flush(timeout=120)
         bar.close()
@@ -124,13 +152,15 @@ def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[st
     for error in report.errors:
         log.error("delivery failed: %s", error)
     if state is not None:
-        if seen is not None:
-            state.forget_all_but(seen)  # deleted objects: keep the state file small
         for key, etag in report.delivered_keys:
-            state.mark(key, etag)
+            if key in gone:
+                state.forget(key)  # its delete event is delivered: keep the state file small
+            else:
+                state.mark(key, etag)
         state.save()
-    print(f"producer: {report.summary()}" + (f", {missing} key(s) not found" if missing else ""),
-          file=sys.stderr)
+    deletes = sum(1 for key, _ in report.delivered_keys if key in gone)
+    print(f"producer: {report.summary()}" + (f" ({deletes} delete(s))" if deletes else "")
+          + (f", {missing} key(s) not found" if missing else ""), file=sys.stderr)
     return report.sent, report.failed + missing
 
 
@@ -177,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                  state.path)
         total_failed = 0
         while not stop.is_set():
-            _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate)
+            _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate,
+                                 stop)
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK

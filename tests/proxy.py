@@ -35,6 +35,12 @@ class CuttableProxy:
         """Refuse new connections and cut the open ones."""
         listener, self._listener = self._listener, None
         if listener:
+            # close() alone leaves a socket that another thread blocks in accept() on still
+            # listening (Linux); shutdown() wakes that accept() up and stops the listening.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             connections, self._connections = self._connections, []

@@ -222,12 +222,15 @@ def test_watch_mode_sends_new_objects_and_resends_nothing_after_a_restart(settin
     keys = [json.loads(m.value())["key"].rsplit("/", 1)[-1] for m in read_topic(settings, settings.kafka_topic, 3)]
     assert sorted(keys) == ["w1.png", "w2.png", "w3.png"]
 
-    # A deleted object leaves the state file at the next full pass.
-    from imgpipe import kafka, meili, s3
-
+    # A deleted object becomes a delete event at the next full pass, and leaves the state file.
     s3.client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
     watch_until(lambda: len(json.loads(state.read_text())) == 2)
     assert sorted(k.rsplit("/", 1)[-1] for k in json.loads(state.read_text())) == ["w2.png", "w3.png"]
+    events = [json.loads(m.value()) for m in read_topic(settings, settings.kafka_topic, 4)]
+    assert len(events) == 4 and [e["action"] for e in events].count("delete") == 1
+    [deleted] = [e for e in events if e["action"] == "delete"]
+    assert (deleted["bucket"], deleted["key"], deleted["sequencer"]) == (
+        settings.s3_bucket, settings.s3_raw_prefix + "w1.png", None)
 
 
 def test_producer_fails_fast_with_one_line_when_kafka_is_unreachable_or_the_topic_missing(settings):
