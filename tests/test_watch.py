@@ -7,14 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from imgpipe import kafka
+from imgpipe.settings import REPO_ROOT
 from producer.listing import SentState
 from tests.helpers import read_topic, script_env, upload, wait_for
 from tests.proxy import CuttableProxy
-from imgpipe import kafka
-from imgpipe.settings import REPO_ROOT
 
 
 def test_saving_the_state_is_atomic_a_crash_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
@@ -108,8 +109,6 @@ def test_an_s3_outage_in_the_middle_of_a_listing_is_retried_and_every_object_sen
         wait_for(lambda: sent_events(settings) >= 50, 60, "the first events", interval=0.1)
         proxy.disable()
         wait_for(lambda: sent_events(settings) >= 1000, 60, "the first page", interval=0.2)
-        import time
-
         time.sleep(8)  # the second page fails while the proxy is cut (past botocore's own 3 attempts)
         proxy.enable()
         wait_for(lambda: remembered(state) == count, 120, "the whole pass")
