@@ -1,5 +1,5 @@
 # Two commands for a fresh machine: `make demo` runs the whole pipeline, `make test` the tests.
-# Each installs what is missing on first use (.venv, pip packages, Kafka jars, MeiliSearch).
+# Each installs what is missing on first use (.venv, pip packages, Kafka jars, MeiliSearch, versitygw).
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv

@@ -15,8 +15,8 @@ from pathlib import Path
 FIGURE_ORDER = (
     "decode_floor", "processing_floor", "processing_floor_faces",
     "faces_astronaut", "faces_face_photos", "faces_false_positives",
-    "pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95",
-    "indexing_batched", "producer", "mapreduce_pipe", "mapreduce_hadoop",
+    "pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95", "latency_upload_p50",
+    "latency_upload_p95", "indexing_batched", "producer", "mapreduce_pipe", "mapreduce_hadoop",
     "mapreduce_duplicates", "duplicates_precision", "duplicates_recall", "consumer_peak_rss_mb",
 )
 

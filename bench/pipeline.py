@@ -51,7 +51,8 @@ class RunNames:
         return base.with_overrides(
             kafka_topic=f"bench-{self.run_id}-{step}", kafka_dead_letter_topic=f"bench-{self.run_id}-{step}-dlq",
             kafka_consumer_group=f"bench-{self.run_id}-{step}", meili_index=f"bench_{self.run_id}_{step}",
-            s3_raw_prefix=self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/")
+            s3_raw_prefix=self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/",
+            sqs_queue_url="")  # the producer runs list the bucket unless a run says otherwise
 
 
 def child_env(settings: Settings) -> dict[str, str]:

@@ -50,7 +50,7 @@ QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000,
 # in-memory processing rate, so without in_memory its ratios are left empty.
 GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
-PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency")
+PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency")
 
 
 def step(name: str):
@@ -142,6 +142,7 @@ class Bench:
             self.guarded([name], ["images/s"], lambda w=workers, n=name: self._throughput(w, n, summaries))
         self.guarded(["consumer_peak_rss_mb"], ["MB"], lambda: self._peak_memory(summaries))
         self.guarded(["latency_p50", "latency_p95"], ["s", "s"], self._latency)
+        self.guarded(["latency_upload_p50", "latency_upload_p95"], ["s", "s"], self._upload_latency)
 
     def _upload(self) -> bool:
         from demo.corpus import upload_corpus
@@ -155,7 +156,8 @@ class Bench:
 
         failures = len(self.failures)
         self.guarded(["pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95",
-                      "consumer_peak_rss_mb"], ["images/s", "images/s", "s", "s", "MB"], upload)
+                      "latency_upload_p50", "latency_upload_p95", "consumer_peak_rss_mb"],
+                     ["images/s", "images/s", "s", "s", "s", "s", "MB"], upload)
         return len(self.failures) == failures
 
     def _throughput(self, workers: int, name: str, summaries: dict) -> None:
@@ -212,6 +214,29 @@ class Bench:
                   "producer_events_per_second": summary["producer"].get("events_per_second")}
         self.add(Figure("latency_p50", summary["latency_p50_s"], "s", detail=detail),
                  Figure("latency_p95", summary["latency_p95_s"], "s", detail=detail))
+
+    def _upload_latency(self) -> None:
+        from bench.upload_latency import upload_latency_run
+
+        throughput = self.value("pipeline_2_workers") or self.value("pipeline_1_worker")
+        if not throughput:
+            raise BenchError("no throughput measured to set the rate from")
+        rate = throughput / 2
+        count = min(len(self.items), max(20, round(rate * self.config.latency_seconds)))
+        step(f"latency_upload: PUT {count} images at {rate:.1f}/s (half of {throughput:.1f} images/s) -> S3 "
+             "notification -> SQS -> producer --sqs-queue-url -> consumer --workers 2 (S3 and SQS on moto)")
+        summary = upload_latency_run(self.settings, self.names, "upload-latency", 2, rate, self.items[:count],
+                                     max(self.config.max_idle_seconds, 5), self.work)
+        detail = {"rate": round(rate, 2), "uploads": count, "workers": 2, "face_detection": False,
+                  "measure": "S3 eventTime of the PUT -> index task succeeded (consumer)",
+                  "s3_and_sqs": "a moto server started for this figure (only moto delivers S3 notifications "
+                                "locally); its S3 is slower than the stack's versitygw",
+                  "upload_seconds": summary["upload_seconds"], "batches": summary["batches"],
+                  "indexed": summary["indexed"], "dead_lettered": summary["dead_lettered"],
+                  "consumer_images_per_second": summary["active_images_per_second"],
+                  "put_to_kafka": summary["put_to_kafka"], "producer": summary["producer"]}
+        self.add(Figure("latency_upload_p50", summary["latency_p50_s"], "s", detail=detail),
+                 Figure("latency_upload_p95", summary["latency_p95_s"], "s", detail=detail))
 
     def indexing(self) -> None:
         from bench.indexing import index_names, indexing_figure
@@ -271,7 +296,7 @@ class Bench:
 
     # --- clean-up ---------------------------------------------------------------------------
     def clean_up(self) -> None:
-        """Delete this run's indexes, topics and S3 objects (the local S3 keeps them in memory)."""
+        """Delete this run's indexes, topics and S3 objects (the local S3 keeps them on disk)."""
         step("clean-up")
         for run in PIPELINE_RUNS:
             settings = self.names.settings(self.settings, run)

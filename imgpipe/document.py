@@ -42,7 +42,7 @@ FIELDS: dict[str, str] = {
     "etag": "S3 ETag of the object when the event was produced",
     "timestamp": "object's LastModified as Unix seconds (sortable, filterable)",
     "last_modified": "object's LastModified, UTC ISO-8601",
-    "event_time": "when the producer emitted the event, UTC ISO-8601",
+    "event_time": "when S3 made the change (event-driven producer) or the producer listed it, UTC ISO-8601",
     "processed_at": "when the consumer processed the image, UTC ISO-8601",
     "processing_ms": "time spent fetching and processing the image, milliseconds",
     "pipeline_version": "version of the pipeline that built the document",
@@ -69,6 +69,8 @@ DESCRIPTOR_DIMENSIONS = 255
 EMBEDDER_SETTINGS = {"embedders": {EMBEDDER: {"source": "userProvided", "dimensions": DESCRIPTOR_DIMENSIONS}}}
 
 _UNSAFE_SEGMENTS = {"", ".", ".."}
+# The stem of a derived image's file name, in UTF-8 bytes: with ".jpg" well under 255.
+MAX_STEM_BYTES = 200
 
 
 def document_id(bucket: str, key: str) -> str:
@@ -88,9 +90,12 @@ def derived_key(processed_prefix: str, kind: str, bucket: str, key: str, extensi
     """
     stem = posixpath.splitext(file_name(key))[0]
     stem = re.sub(r"[\x00-\x1f\x7f/\\]", "_", stem)
+    # Cut by UTF-8 bytes, never inside a character: file systems (and so S3 servers that store
+    # objects as files, like versitygw) refuse a path segment over 255 bytes.
+    stem = stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
     if stem in _UNSAFE_SEGMENTS or set(stem) <= {"."}:
         stem = "image"
-    return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem[:200]}.{extension}"
+    return f"{processed_prefix}{kind}/{document_id(bucket, key)[:16]}/{stem}.{extension}"
 
 
 @dataclass(frozen=True)

@@ -135,14 +135,15 @@ def answers(settings: Settings) -> bool:
 
 
 def ensure_topics(settings: Settings, topics: list[str], partitions: int | None = None,
-                  timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
+                  timeout: float = 30.0, config: dict[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent), with these topic configs if given."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
     client = admin(settings)
     existing = list_topics(settings, timeout=timeout).topics
-    wanted = [NewTopic(t, num_partitions=partitions or settings.kafka_topic_partitions, replication_factor=-1)
+    wanted = [NewTopic(t, num_partitions=partitions or settings.kafka_topic_partitions, replication_factor=-1,
+                       config=dict(config or {}))
               for t in topics if t not in existing]
     if not wanted:
         return

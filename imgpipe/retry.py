@@ -22,8 +22,15 @@ class Stopped(Exception):
 
 
 def retry_until_stopped(operation: Callable[[], T], stop: threading.Event, *, initial: float = 0.2,
-                        maximum: float = 5.0) -> T:
-    """Run `operation`, retrying while it raises InfrastructureError; raise Stopped on stop."""
+                        maximum: float = 5.0, only_transient: bool = False) -> T:
+    """Run `operation`, retrying while it raises InfrastructureError; raise Stopped on stop.
+    With `only_transient`, a ServiceError that is not an outage (a missing bucket, a refused
+    key) is raised at once instead."""
+
+    def retryable(exc: BaseException) -> bool:
+        if not isinstance(exc, InfrastructureError):
+            return False
+        return not only_transient or getattr(exc, "transient", True)
 
     def before_sleep(state) -> None:
         exc = state.outcome.exception()
@@ -32,7 +39,7 @@ def retry_until_stopped(operation: Callable[[], T], stop: threading.Event, *, in
                 state.next_action.sleep if state.next_action else 0)
 
     retrying = Retrying(
-        retry=retry_if_exception(lambda exc: isinstance(exc, InfrastructureError)),
+        retry=retry_if_exception(retryable),
         wait=wait_exponential_jitter(multiplier=initial, max=maximum),
         stop=stop_when_event_set(stop),
         sleep=stop.wait,  # wakes up at once when a stop is requested
@@ -41,7 +48,7 @@ def retry_until_stopped(operation: Callable[[], T], stop: threading.Event, *, in
     )
     try:
         return retrying(operation)
-    except InfrastructureError:
-        if stop.is_set():
+    except InfrastructureError as exc:
+        if stop.is_set() and retryable(exc):
             raise Stopped("stop requested while a service was failing") from None
         raise

@@ -201,6 +201,18 @@ def list_objects(s3, bucket: str, prefix: str = "") -> Iterator[dict]:
                     yield obj
 
 
+def list_page(s3, bucket: str, prefix: str = "", start_after: str = "",
+              max_keys: int = 1000) -> tuple[list[dict], bool]:
+    """One ListObjectsV2 page of the objects after `start_after` (folder markers left out), and
+    whether more follow. Resuming after the last key seen, rather than with a continuation token,
+    works after any outage or restart of the server."""
+    with errors("listing", bucket, prefix):
+        response = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=max_keys,
+                                      **({"StartAfter": start_after} if start_after else {}))
+    objects = response.get("Contents", [])
+    return [o for o in objects if not o["Key"].endswith("/")], bool(response.get("IsTruncated")) and bool(objects)
+
+
 def delete_prefix(s3, bucket: str, prefix: str) -> int:
     """Delete every object under `prefix` (1,000 per request); returns how many were deleted."""
     if not prefix:
@@ -256,6 +268,19 @@ def upload_file(s3, path, bucket: str, key: str, content_type: str | None = None
 def download_file(s3, bucket: str, key: str, path) -> None:
     with errors(f"downloading to {path} from", bucket, key):
         s3.download_file(bucket, key, str(path))
+
+
+def health_answers(url: str, timeout: float = 2.0) -> bool:
+    """True when an unauthenticated GET of a server's health URL (versitygw's /health) says 200."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local check: no proxy
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def answers(settings: Settings) -> bool:

@@ -40,6 +40,8 @@ class Settings:
     s3_processed_prefix: str = "processed/"
     s3_export_prefix: str = "data/"  # where export_csv.py --upload puts the CSV
     s3_allowed_buckets: tuple[str, ...] = ()
+    # The SQS queue receiving the bucket's S3 Event Notifications (producer --sqs-queue-url).
+    sqs_queue_url: str = ""
     # MeiliSearch
     meili_url: str = "http://127.0.0.1:7700"
     meili_master_key: str = field(default="", repr=False)
@@ -98,6 +100,7 @@ ENV_VARS: dict[str, str] = {
     "S3_PROCESSED_PREFIX": "s3_processed_prefix",
     "S3_EXPORT_PREFIX": "s3_export_prefix",
     "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
+    "SQS_QUEUE_URL": "sqs_queue_url",
     "MEILI_URL": "meili_url",
     "MEILI_MASTER_KEY": "meili_master_key",
     "MEILI_ADMIN_KEY": "meili_admin_key",
@@ -168,7 +171,7 @@ def _parse(attr: str, raw: str):
     if attr == "local_state_dir":
         path = Path(raw)
         return path if path.is_absolute() else REPO_ROOT / path
-    if attr in ("s3_endpoint_url", "meili_url") and raw:
+    if attr in ("s3_endpoint_url", "meili_url", "sqs_queue_url") and raw:
         parsed = urlparse(raw)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"must be an http(s) URL, got {raw!r}")

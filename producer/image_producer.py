@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""List the images in an S3 bucket and send one JSON metadata event per object to Kafka.
+"""Send one JSON event per S3 object change to Kafka: from a listing of the bucket (once, or
+every few seconds with --watch), or from the bucket's S3 Event Notifications on an SQS queue.
 
-Each event carries bucket, key, size, etag, last_modified, event_time and schema_version;
-the Kafka message key is the object key. Settings come from the environment and .env
-(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX, S3_ENDPOINT_URL, ...).
+Each event carries schema_version, action (upsert or delete), bucket, key, size, etag,
+last_modified, event_time and sequencer; the Kafka message key is the object key. Settings come
+from the environment and .env (KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX,
+S3_ENDPOINT_URL, SQS_QUEUE_URL, ...).
 
-Exit status: 0 all events delivered, 1 some delivery failed or a key was missing,
-2 usage or settings error.
+Exit status: 0 all events delivered, 1 some delivery failed, a key was missing, a notification
+was malformed or a service is unreachable, 2 usage or settings error.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ if __package__ in (None, ""):
 
 from imgpipe import cli, kafka, s3
 from imgpipe.errors import UserError
-from imgpipe.events import event_for_object
+from imgpipe.events import ImageEvent, event_for_object, utc_now_iso
+from imgpipe.retry import Stopped
 from imgpipe.settings import Settings, load_settings
-from producer.listing import SentState, head_objects
+from producer.listing import SentState, head_objects, list_retrying
 from producer.sender import EventSender
 
 log = logging.getLogger("producer")
@@ -39,18 +42,28 @@ def build_parser():
         "python producer/image_producer.py                       # every object under S3_RAW_PREFIX",
         "python producer/image_producer.py --prefix raw/cats/ --limit 100",
         "python producer/image_producer.py --key 'raw/a cat.jpg' --key raw/dog.png",
-        "python producer/image_producer.py --watch 10            # keep sending new or changed objects"])
+        "python producer/image_producer.py --watch 10            # keep sending new, changed and deleted objects",
+        "python producer/image_producer.py --sqs-queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/images-events"])
     p.add_argument("--bucket", help="bucket to list (env S3_BUCKET)")
-    p.add_argument("--prefix", help="key prefix to list (env S3_RAW_PREFIX)")
+    p.add_argument("--prefix", help="key prefix to list; with --sqs-queue-url, only notifications under it are "
+                                    "sent (env S3_RAW_PREFIX)")
     p.add_argument("--limit", type=int, help="send at most this many events per pass")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="send just this object key (repeatable); the key is used exactly as given")
     p.add_argument("--topic", help="Kafka topic (env KAFKA_TOPIC)")
     p.add_argument("--rate", type=float, metavar="N", help="send at most N events per second (steady load)")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
-                   help="keep polling the bucket every SECONDS (default 10) for new or changed objects")
+                   help="keep polling the bucket every SECONDS (default 10) for new, changed and deleted objects")
     p.add_argument("--state-file", type=Path,
                    help="where --watch remembers what it sent (default: under LOCAL_STATE_DIR)")
+    p.add_argument("--sqs-queue-url", metavar="URL",
+                   help="instead of listing, long-poll this SQS queue of the bucket's S3 Event Notifications "
+                        "(env SQS_QUEUE_URL)")
+    p.add_argument("--wait-seconds", type=int, default=10, metavar="N",
+                   help="with --sqs-queue-url: how long one poll waits for messages, 1-20; a stop takes "
+                        "effect within one poll")
+    p.add_argument("--max-idle-seconds", type=float, metavar="N",
+                   help="with --sqs-queue-url: stop after N seconds without a message (default: run until stopped)")
     p.add_argument("--summary-json", type=Path, help="also write the final counts to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
@@ -74,37 +87,64 @@ def s3_errors_explained(source, bucket: str):
 
 
 def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[str], limit: int | None,
-             state: SentState | None, show_progress: bool | None, rate: float | None = None) -> tuple[int, int]:
-    """Send events for one listing; returns (delivered, failed)."""
+             state: SentState | None, show_progress: bool | None, rate: float | None = None,
+             stop: threading.Event | None = None) -> tuple[int, int]:
+    """Send events for one listing; returns (delivered, failed).
+
+    With a `state` (--watch): only new or changed objects are sent, and after a full listing a
+    delete event for each remembered key that is gone. With `stop`: a listing page that fails
+    on an outage is retried until it works or a stop comes, and a stop ends the pass early."""
     missing = 0
-    seen = None
+    pass_started = utc_now_iso()  # a key missing from this listing was gone by then
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
     sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
                          track_delivered=state is not None)
+    gone: set[str] = set()
     try:
-        source = head_objects(client, bucket, keys) if keys else s3.list_objects(client, bucket, prefix)
+        if keys:
+            source = head_objects(client, bucket, keys)
+        elif stop is not None:
+            source = list_retrying(client, bucket, prefix, stop)
+        else:
+            source = s3.list_objects(client, bucket, prefix)
         queued = 0
         started = time.monotonic()
         seen: set[str] | None = set() if state is not None and not keys else None
-        for obj in s3_errors_explained(source, bucket):
-            if isinstance(obj, str):
-                log.error("%s", obj)
-                missing += 1
-                continue
-            if seen is not None:
-                seen.add(obj["Key"])
-            if state is not None and not state.is_new(obj):
-                continue
-            if limit is not None and queued >= limit:
-                seen = None  # the listing was cut short: it cannot tell what was deleted
-                break
-            if rate:
-                # Pace against the start of the pass, so a slow moment is caught up on, not lost.
-                delay = started + queued / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            sender.send(event_for_object(bucket, obj))
-            queued += 1
+        try:
+            for obj in s3_errors_explained(source, bucket):
+                if stop is not None and stop.is_set():
+                    seen = None  # cut short: it cannot tell what was deleted
+                    break
+                if isinstance(obj, str):
+                    log.error("%s", obj)
+                    missing += 1
+                    continue
+                if seen is not None:
+                    seen.add(obj["Key"])
+                if state is not None and not state.is_new(obj):
+                    continue
+                if limit is not None and queued >= limit:
+                    seen = None
+                    break
+                if rate:
+                    # Pace against the start of the pass, so a slow moment is caught up on, not lost.
+                    delay = started + queued / rate - time.monotonic()
+                    if delay > 0:
+                        if stop is None:
+                            time.sleep(delay)
+                        elif stop.wait(delay):
+                            seen = None
+                            break
+                sender.send(event_for_object(bucket, obj))
+                queued += 1
+        except Stopped:
+            seen = None
+            log.warning("stopped while S3 was failing: the rest of this listing is not sent")
+        if state is not None and seen is not None:
+            # A full listing without a key we delivered before: the object was deleted.
+            gone = state.known_keys() - seen
+            for key in sorted(gone):
+                sender.send(ImageEvent.deletion(bucket, key, pass_started))
     finally:
         sender.flush(timeout=120)
         bar.close()
@@ -112,13 +152,15 @@ def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[st
     for error in report.errors:
         log.error("delivery failed: %s", error)
     if state is not None:
-        if seen is not None:
-            state.forget_all_but(seen)  # deleted objects: keep the state file small
         for key, etag in report.delivered_keys:
-            state.mark(key, etag)
+            if key in gone:
+                state.forget(key)  # its delete event is delivered: keep the state file small
+            else:
+                state.mark(key, etag)
         state.save()
-    print(f"producer: {report.summary()}" + (f", {missing} key(s) not found" if missing else ""),
-          file=sys.stderr)
+    deletes = sum(1 for key, _ in report.delivered_keys if key in gone)
+    print(f"producer: {report.summary()}" + (f" ({deletes} delete(s))" if deletes else "")
+          + (f", {missing} key(s) not found" if missing else ""), file=sys.stderr)
     return report.sent, report.failed + missing
 
 
@@ -138,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
+        queue_url = args.sqs_queue_url or settings.sqs_queue_url
+        if queue_url:
+            return from_queue(settings, queue_url, bucket, prefix)
+        if args.max_idle_seconds is not None:
+            raise UserError("--max-idle-seconds needs --sqs-queue-url")
         kafka.check_topic(settings, settings.kafka_topic)
         client = s3.client(settings)
         if args.watch is None:
@@ -160,10 +207,32 @@ def main(argv: list[str] | None = None) -> int:
                  state.path)
         total_failed = 0
         while not stop.is_set():
-            _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate)
+            _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate,
+                                 stop)
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK
+
+    def from_queue(settings: Settings, queue_url: str, bucket: str, prefix: str) -> int:
+        from producer.queue_mode import QueueProducer
+
+        for name in ("watch", "key", "limit", "rate", "state_file"):
+            if getattr(args, name):
+                raise UserError(f"--{name.replace('_', '-')} lists the bucket; it cannot be combined with "
+                                "--sqs-queue-url (or SQS_QUEUE_URL)")
+        if not 1 <= args.wait_seconds <= 20:
+            raise UserError("--wait-seconds must be between 1 and 20 (SQS's longest poll)")
+        kafka.check_topic(settings, settings.kafka_topic)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        report = QueueProducer(settings, queue_url, bucket, prefix, args.wait_seconds, args.max_idle_seconds,
+                               stop).run()
+        print(f"producer: {report.summary()}", file=sys.stderr)
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
+        return cli.EXIT_FAILURES if report.failed or report.malformed or report.kept else cli.EXIT_OK
 
     return cli.run(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from imgpipe import kafka
 from imgpipe.events import ImageEvent
@@ -58,15 +59,21 @@ class EventSender:
         if self._on_delivered is not None:
             self._on_delivered()
 
-    def send(self, event: ImageEvent) -> None:
+    def send(self, event: ImageEvent, on_result: Callable[[bool], None] | None = None) -> None:
+        """Queue one event; `on_result(acknowledged)` is called from its delivery report."""
         # The object key is the message key: events of one object land on one partition, in order.
         key = event.key.encode("utf-8")
         if self._etags is not None:
             self._etags[key] = event.etag
         value = event.to_json()
+        callback = self._delivered
+        if on_result is not None:
+            def callback(err, msg):
+                self._delivered(err, msg)
+                on_result(err is None)
         while True:
             try:
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
+                self._producer.produce(self.topic, key=key, value=value, on_delivery=callback)
                 break
             except BufferError:
                 # The local queue is full: let deliveries drain, then try again.

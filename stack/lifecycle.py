@@ -5,13 +5,14 @@ call `ensure_running()` and stop exactly the services it says it started.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 from pathlib import Path
 
 from imgpipe import meili
 from imgpipe.settings import REPO_ROOT, Settings, load_settings
-from stack.services import Service, StackError, Status, all_services
+from stack.services import S3, Service, StackError, Status, all_services
 
 log = logging.getLogger("stack")
 
@@ -28,6 +29,26 @@ def ensure_env_file(env_file: Path = ENV_FILE) -> None:
     if not (dotenv_values(env_file).get("MEILI_MASTER_KEY") or "").strip():
         set_key(str(env_file), "MEILI_MASTER_KEY", secrets.token_urlsafe(32), quote_mode="never")
         log.info("generated a MeiliSearch master key in %s", env_file)
+
+
+# What .env.example held when the local S3 server (moto) accepted any key: replaced like empty ones.
+PLACEHOLDER_S3_KEYS = {"", "local-test-key", "local-test-secret"}
+
+
+def ensure_s3_keys(settings: Settings, env_file: Path = ENV_FILE) -> None:
+    """Give the local S3 server an access and a secret key of its own in .env, once. Real AWS
+    (or any S3 elsewhere) keeps the usual credential chain: nothing is written for it."""
+    from dotenv import set_key
+
+    if not S3(settings).is_local:
+        return
+    for name, make in (("AWS_ACCESS_KEY_ID", lambda: "imgpipe" + secrets.token_hex(8)),
+                       ("AWS_SECRET_ACCESS_KEY", lambda: secrets.token_urlsafe(30))):
+        if os.environ.get(name, "").strip() in PLACEHOLDER_S3_KEYS:
+            value = make()
+            set_key(str(env_file), name, value, quote_mode="never")
+            os.environ[name] = value  # boto3 and the server read them from the environment
+            log.info("generated %s for the local S3 server in %s", name, env_file)
 
 
 def ensure_api_keys(settings: Settings, env_file: Path = ENV_FILE) -> Settings:
@@ -59,6 +80,7 @@ def ensure_running() -> tuple[Settings, list[Service]]:
     and the services this call started, so a caller can stop exactly those afterwards."""
     ensure_env_file()
     settings = load_settings()
+    ensure_s3_keys(settings)
     started = []
     for service in all_services(settings):
         was_running = service.pid() is not None or service.healthy()

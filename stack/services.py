@@ -1,4 +1,4 @@
-"""The local stack: a real Kafka broker, a real MeiliSearch server and an S3 endpoint on 127.0.0.1.
+"""The local stack: a real Kafka broker, a real MeiliSearch server and a real S3 server on 127.0.0.1.
 
 Each service installs itself into the git-ignored state folder (`.local/` by default), starts
 as a detached process with a pid file and a log file, and answers a health check. A service
@@ -12,7 +12,6 @@ import shutil
 import signal
 import string
 import subprocess
-import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from urllib.parse import urlparse
 
 from imgpipe import jvm, kafka, meili, s3
 from imgpipe.settings import Settings
+from stack import versitygw
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,10 @@ class MeiliSearch(Service):
 
 
 class S3(Service):
+    """versitygw with its posix backend: a bucket is a folder of `.local/s3/`, an object a file,
+    so the data survive a restart. Its root keys are .env's AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, handed over through the environment (never argv)."""
+
     name = "s3"
 
     @property
@@ -341,23 +345,51 @@ class S3(Service):
     def url(self):
         return self.settings.s3_endpoint_url or f"AWS S3 ({self.settings.aws_region})"
 
+    @property
+    def binary(self) -> Path:
+        override = os.environ.get("VERSITYGW_BINARY")
+        return Path(override) if override else self.state / "bin" / "versitygw"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.state / "s3-metadata"
+
+    def install(self) -> None:
+        if os.environ.get("VERSITYGW_BINARY"):
+            if not self.binary.is_file():
+                raise StackError(f"VERSITYGW_BINARY points at {self.binary}, which does not exist")
+            return
+        try:
+            versitygw.install(self.state, self.state / "logs" / "versitygw-build.log")
+        except versitygw.BuildError as exc:
+            raise StackError(str(exc)) from None
+
     def command(self) -> list[str]:
         host, port = self.host_port
-        # moto's server mode: an in-memory S3 that speaks the real protocol.
-        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # the objects are plain files: only this user may read them
+        backend = ["posix"]
+        if not versitygw.supports_user_xattrs(self.dir):
+            log.warning("%s has no user xattrs: versitygw keeps object metadata in %s instead",
+                        self.dir, self.sidecar)
+            self.sidecar.mkdir(parents=True, exist_ok=True)
+            backend += ["--sidecar", str(self.sidecar)]
+        return [str(self.binary), "--port", f"{host}:{port}", "--health", "/health", "--quiet", "--keep-alive",
+                "--region", self.settings.aws_region, *backend, str(self.dir)]
 
-    def marker(self) -> str:
-        return "moto.server"
-
-    def pid(self) -> int | None:
-        pid = super().pid()
-        if pid is None:
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return pid if str(self.host_port[1]).encode() in cmdline else None
+    def environment(self) -> dict[str, str]:
+        access, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if not access or not secret:
+            raise StackError("the local S3 server never runs without keys: set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY in .env (`make up` generates them)")
+        env = {k: v for k, v in os.environ.items() if k not in ("ROOT_ACCESS_KEY_ID", "ROOT_SECRET_ACCESS_KEY")}
+        return {**env, "ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret}
 
     def healthy(self) -> bool:
-        return s3.answers(self.settings)
+        if self.is_local and s3.health_answers(f"{self.settings.s3_endpoint_url}/health"):
+            return True
+        # Not ours (real AWS, or another local S3 server): healthy if it answers our credentials.
+        return self.pid() is None and s3.answers(self.settings)
 
     def after_start(self) -> None:
         if s3.ensure_bucket(s3.client(self.settings), self.settings.s3_bucket, self.settings.aws_region):

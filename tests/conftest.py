@@ -41,7 +41,8 @@ def unique() -> str:
 
 @pytest.fixture
 def settings(stack: Settings, unique: str) -> Settings:
-    """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes."""
+    """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes, all
+    deleted afterwards."""
     from imgpipe import kafka
 
     isolated = stack.with_overrides(
@@ -60,4 +61,10 @@ def settings(stack: Settings, unique: str) -> Settings:
     try:
         kafka.delete_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic], timeout=15)
     except Exception:  # clean-up only: a broker restarted by the test may still be busy
+        pass
+    from imgpipe import s3
+
+    try:  # the local S3 keeps its objects on disk: leave nothing behind
+        s3.delete_prefix(s3.client(isolated), isolated.s3_bucket, f"test-{unique}/")
+    except Exception:  # the test may have stopped the S3 server
         pass

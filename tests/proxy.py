@@ -1,5 +1,6 @@
-"""A loopback TCP proxy the tests can cut and restore, to make a service unreachable for a while
-without stopping it (moto's S3 keeps its objects in memory: stopping it would lose them)."""
+"""A loopback TCP proxy the tests can cut and restore, to make a service unreachable for one
+client at a chosen moment without stopping it for everyone else (and without needing the
+service to be one the test session manages)."""
 from __future__ import annotations
 
 import socket
@@ -34,6 +35,12 @@ class CuttableProxy:
         """Refuse new connections and cut the open ones."""
         listener, self._listener = self._listener, None
         if listener:
+            # close() alone leaves a socket that another thread blocks in accept() on still
+            # listening (Linux); shutdown() wakes that accept() up and stops the listening.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             connections, self._connections = self._connections, []

@@ -119,7 +119,8 @@ def test_ratio_is_value_over_a_floor_measured_in_the_same_run(quick):
     processing = by_name["processing_floor"]["value"]
     assert by_name["pipeline_1_worker"]["floor"] == pytest.approx(processing, rel=0.001)
     assert by_name["pipeline_2_workers"]["floor"] == pytest.approx(2 * processing, rel=0.001)
-    for name in ("decode_floor", "latency_p50", "latency_p95", "consumer_peak_rss_mb"):
+    for name in ("decode_floor", "latency_p50", "latency_p95", "latency_upload_p50", "latency_upload_p95",
+                 "consumer_peak_rss_mb"):
         assert by_name[name]["floor"] is None and by_name[name]["ratio"] is None
 
 
@@ -160,6 +161,20 @@ def test_every_image_is_accounted_for_and_the_pipeline_rejects_what_processing_r
     assert all(peak > 0 for peak in memory["worker_peak_rss_mb"].values())
     assert by_name["faces_astronaut"]["detail"]["expected"] == 1
     assert by_name["faces_face_photos"]["detail"]["photos"] >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_upload_latency_goes_through_s3_notifications_and_counts_every_upload(quick):
+    _, results, _ = quick
+    by_name = {f["name"]: f for f in results}
+    detail = by_name["latency_upload_p95"]["detail"]
+    assert "moto" in detail["s3_and_sqs"] and "eventTime" in detail["measure"]
+    assert detail["indexed"] + detail["dead_lettered"] == detail["uploads"] >= 20 and detail["indexed"] > 0
+    producer = detail["producer"]
+    assert (producer["upserts"], producer["deletes"], producer["malformed"]) == (detail["uploads"], 0, 0)
+    assert producer["deleted"] == producer["received"]  # every SQS message taken off the queue
+    assert by_name["latency_upload_p50"]["value"] <= by_name["latency_upload_p95"]["value"]
 
 
 @pytest.mark.integration

@@ -55,7 +55,7 @@ def test_every_image_is_pinned_to_a_tag(services):
             assert tag and tag != "latest", f"{name}: {image} is not pinned"
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert services["meilisearch"]["image"].startswith("getmeili/meilisearch:v1.21")
-    assert services["s3"]["image"].startswith("motoserver/moto:")
+    assert services["s3"]["image"] == "versity/versitygw:v1.8.0"
 
 
 def test_every_published_port_is_bound_to_loopback(services):
@@ -98,6 +98,24 @@ def test_meilisearch_takes_its_master_key_from_the_environment_with_no_default(s
                 assert str(value).startswith("${"), f"{name} sets {var} to a literal"
 
 
+def test_the_s3_server_keeps_its_data_in_the_volume_and_takes_its_keys_from_env(services):
+    s3 = services["s3"]
+    command = s3["command"]
+    assert command[-2:] == ["posix", "/data"]
+    assert command[command.index("--health") + 1] == "/health"
+    port = command[command.index("--port") + 1]
+    assert {published(p)[2] for p in s3["ports"]} == {int(port.rsplit(":", 1)[1])}
+    assert "/health" in " ".join(s3["healthcheck"]["test"]) and str(port.rsplit(":", 1)[1]) in " ".join(
+        s3["healthcheck"]["test"])
+    env = env_of(s3)
+    # Keys come from .env with no default, and never through the command line.
+    assert re.fullmatch(r"\$\{AWS_ACCESS_KEY_ID:?\?[^}]*\}", str(env["ROOT_ACCESS_KEY"]))
+    assert re.fullmatch(r"\$\{AWS_SECRET_ACCESS_KEY:?\?[^}]*\}", str(env["ROOT_SECRET_KEY"]))
+    assert not any(flag in command for flag in ("--access", "-a", "--secret", "-s"))
+    pipeline_url = urlparse(env_of(services["init"])["S3_ENDPOINT_URL"])
+    assert (pipeline_url.hostname, pipeline_url.port) == ("s3", int(port.rsplit(":", 1)[1]))
+
+
 def test_infrastructure_has_healthchecks_that_the_pipeline_waits_for(services):
     for name in INFRA:
         test = services[name].get("healthcheck", {}).get("test")
@@ -111,7 +129,7 @@ def test_infrastructure_has_healthchecks_that_the_pipeline_waits_for(services):
 
 
 def test_data_lives_in_named_volumes(compose, services):
-    for name, path in (("kafka", "/var/lib/kafka/data"), ("meilisearch", "/meili_data")):
+    for name, path in (("kafka", "/var/lib/kafka/data"), ("meilisearch", "/meili_data"), ("s3", "/data")):
         mounts = [str(v).split(":") for v in services[name]["volumes"]]
         assert any(target == path and source in compose["volumes"] for source, target, *_ in mounts), name
 
@@ -154,7 +172,8 @@ def files_holding_env_secrets() -> tuple[int, list[str]]:
     from dotenv import dotenv_values
 
     values = dotenv_values(REPO_ROOT / ".env")
-    secrets = [values.get(name) or "" for name in ("MEILI_MASTER_KEY", "MEILI_ADMIN_KEY", "MEILI_SEARCH_KEY")]
+    secrets = [values.get(name) or "" for name in ("MEILI_MASTER_KEY", "MEILI_ADMIN_KEY", "MEILI_SEARCH_KEY",
+                                                   "AWS_SECRET_ACCESS_KEY")]
     secrets = [s.encode() for s in secrets if len(s) >= 16]
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             cwd=REPO_ROOT, capture_output=True, check=True).stdout.split(b"\0")

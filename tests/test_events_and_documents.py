@@ -12,7 +12,7 @@ from imgpipe import PIPELINE_VERSION
 from imgpipe.document import (DESCRIPTOR_DIMENSIONS, EMBEDDER, FIELDS, DerivedKeys, ProcessingRun, SourceObject, derived_key, document_id, file_name,
                               to_document)
 from imgpipe.errors import MessageError
-from imgpipe.events import MAX_EVENT_BYTES, ImageEvent, event_for_object, parse_event
+from imgpipe.events import MAX_EVENT_BYTES, ImageEvent, compare_sequencers, event_for_object, parse_event
 
 # Both lists of awkward keys, plus one that tries to climb out of its prefix.
 AWKWARD_KEYS = [*FILE_SAFE_AWKWARD_KEYS, *CSV_BREAKING_KEYS, "raw/../../etc/passwd"]
@@ -42,7 +42,57 @@ def test_event_from_a_listing_entry():
     e = event_for_object("images", obj)
     assert (e.key, e.size, e.etag, e.last_modified) == ("raw/x.png", 123, "e1", "2026-05-01T00:00:00.000Z")
     assert e.event_time.endswith("Z")
-    assert json.loads(e.to_json())["schema_version"] == 1
+    assert json.loads(e.to_json())["schema_version"] == 2
+    assert (e.action, e.sequencer) == ("upsert", None)
+
+
+def test_a_delete_event_round_trips_with_what_a_consumer_needs():
+    deletion = ImageEvent.deletion("images", "raw/gone cat.jpg", "2026-01-01T00:00:02.000Z", "0055AED6DCD90281E5")
+    data = json.loads(deletion.to_json())
+    assert {k: data[k] for k in ("schema_version", "action", "bucket", "key", "event_time", "sequencer")} == {
+        "schema_version": 2, "action": "delete", "bucket": "images", "key": "raw/gone cat.jpg",
+        "event_time": "2026-01-01T00:00:02.000Z", "sequencer": "0055AED6DCD90281E5"}
+    assert parse_event(deletion.to_json()) == deletion
+    # A delete needs no size, etag or last_modified (S3's ObjectRemoved notifications have none).
+    minimal = {"schema_version": 2, "action": "delete", "bucket": "images", "key": "raw/x.jpg",
+               "event_time": "2026-01-01T00:00:02.000Z"}
+    assert parse_event(json.dumps(minimal).encode()) == ImageEvent.deletion("images", "raw/x.jpg",
+                                                                            "2026-01-01T00:00:02.000Z")
+
+
+def test_an_upsert_keeps_its_sequencer_and_version_1_events_are_upserts():
+    upsert = event(sequencer="0a1b")
+    assert parse_event(upsert.to_json()) == upsert
+    v1 = {k: v for k, v in json.loads(event().to_json()).items() if k not in ("action", "sequencer")}
+    parsed = parse_event(json.dumps({**v1, "schema_version": 1}).encode())
+    assert (parsed.schema_version, parsed.action, parsed.sequencer, parsed.key) == (1, "upsert", None, "raw/a.jpg")
+
+
+def test_sequencers_compare_as_s3_says_right_padded():
+    assert compare_sequencers("0055AED6DCD90281E5", "0055AED6DCD90281E6") == -1
+    assert compare_sequencers("0055AED6DCD90281E5", "0055aed6dcd90281e5") == 0
+    assert compare_sequencers("0055AED6DCD90281E5", "0055AED6DCD90281E5AB") == -1  # padded: ...E500 < ...E5AB
+    assert compare_sequencers("0055AED6DCD90281F", "0055AED6DCD90281E5") == 1
+    assert compare_sequencers("0055", "005500") == 0
+
+
+V2 = {"schema_version": 2, "action": "upsert", "bucket": "images", "key": "raw/a.jpg", "size": 1, "etag": "e",
+      "last_modified": "2026-01-01T00:00:00.000Z", "event_time": "2026-01-01T00:00:00.000Z"}
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ({**V2, "action": "remove"}, "action must be one of upsert, delete"),
+    ({k: v for k, v in V2.items() if k != "action"}, "action must be one of"),
+    ({**V2, "sequencer": "xyz"}, "sequencer must be a hexadecimal string"),
+    ({**V2, "sequencer": 12}, "sequencer must be a hexadecimal string"),
+    ({**V2, "action": "delete", "event_time": None}, "event_time must be str"),
+    ({"schema_version": 2, "action": "delete", "bucket": "images"}, "missing field(s): key, event_time"),
+    ({**V2, "schema_version": True}, "schema_version True"),
+])
+def test_malformed_version_2_events_are_rejected_with_a_reason(raw, reason):
+    with pytest.raises(MessageError) as err:
+        parse_event(json.dumps(raw).encode())
+    assert reason in err.value.reason
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -78,6 +128,14 @@ def test_derived_keys_never_escape_the_processed_prefix(key):
     parts = rest.split("/")
     assert len(parts) == 2 and ".." not in parts and "." not in parts and all(parts)
     assert not any(ord(c) < 32 for c in derived)
+
+
+@pytest.mark.parametrize("name", ["日" * 85, "é" * 127 + ".png", "📷" * 63 + ".jpeg", "a" * 255])
+def test_derived_keys_keep_every_segment_within_255_bytes_and_cut_no_character(name):
+    derived = derived_key("processed/", "thumbnails", "images", f"raw/{name}")
+    assert all(len(part.encode("utf-8")) <= 255 for part in derived.split("/"))
+    stem = derived.rsplit("/", 1)[1][:-len(".jpg")]
+    assert stem and name.startswith(stem) and len(stem.encode("utf-8")) <= 200
 
 
 def test_file_name_is_the_last_segment():

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from imgpipe import kafka, meili
-from stack.services import Kafka, MeiliSearch
+from stack.services import Kafka, MeiliSearch, S3
 from tests.helpers import (all_documents, encode, read_topic, run_script, gradient_pattern, start_script, upload,
                            wait_for)
-from tests.proxy import CuttableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,19 +114,18 @@ def committed_total(settings) -> int:
     return sum(offset for offset in kafka.committed_offsets(settings, settings.kafka_topic).values() if offset >= 0)
 
 
-def test_s3_unreachable_for_a_while_is_retried_and_nothing_is_committed_past_it(settings, tmp_path):
+def test_s3_down_for_a_while_is_retried_and_nothing_is_committed_past_it(stack, settings, tmp_path):
+    server = S3(stack)
+    if server.pid() is None:
+        pytest.fail("this test stops the S3 server and needs the one the test session manages")
     keys = put_images(settings, 40)
     produce_all(settings)
-    port = int(settings.s3_endpoint_url.rsplit(":", 1)[1])
-    proxy = CuttableProxy(port)
-    proxy.enable()
-    through_proxy = settings.with_overrides(s3_endpoint_url=proxy.url)
     log, summary = tmp_path / "consumer.log", tmp_path / "summary.json"
     proc = start_script("consumer/image_consumer.py",
-                        SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], through_proxy, log)
+                        SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], settings, log)
     try:
         wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
-        proxy.disable()
+        server.stop()  # the objects are files: they are all there when it comes back
         time.sleep(3)
         stalled_docs, stalled_commits = document_count(settings), committed_total(settings)
         time.sleep(5)
@@ -135,9 +133,8 @@ def test_s3_unreachable_for_a_while_is_retried_and_nothing_is_committed_past_it(
         assert document_count(settings) == stalled_docs
         assert committed_total(settings) == stalled_commits <= stalled_docs
     finally:
-        proxy.enable()
+        server.start()
     finish(proc, log)
-    proxy.disable()
     assert_exactly(settings, keys)
     assert json.loads(summary.read_text())["dead_lettered"] == 0
 

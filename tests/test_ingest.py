@@ -130,7 +130,7 @@ def test_malformed_messages_and_foreign_buckets_are_dead_lettered(settings):
 
 def test_awkward_keys_are_indexed_under_their_exact_key(settings):
     names = ["a cat.jpg", "1+1=2.png", "100%.jpg", "#tag;x&y=z.jpg", unicodedata.normalize("NFC", "café.png"),
-             unicodedata.normalize("NFD", "café.png"), "日本/写真.jpg", 'quote"s,comma.jpg', "x/../escape.jpg"]
+             unicodedata.normalize("NFD", "café.png"), "日本/写真.jpg", 'quote"s,comma.jpg']
     data = encode(gradient_pattern(40, 30), ".png")
     keys = upload(settings, {name: data for name in names})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
@@ -139,7 +139,36 @@ def test_awkward_keys_are_indexed_under_their_exact_key(settings):
     assert sorted(d["key"].encode("utf-8") for d in docs) == sorted(k.encode("utf-8") for k in keys)
     for doc in docs:
         assert doc["thumbnail_key"].startswith(settings.s3_processed_prefix + "thumbnails/")
-        assert "/../" not in doc["thumbnail_key"]
+
+
+def test_a_key_with_dot_segments_is_indexed_as_the_bucket_lists_it(settings):
+    """The promise: a document's key is the key the S3 server lists, byte for byte. What a
+    `..` segment means is the server's business: AWS S3 keeps `x/../escape.jpg` as it is, while
+    versitygw's posix backend stores a path and resolves it to `escape.jpg`. Either way the
+    pipeline indexes exactly the listed key, once, and derived keys have no dot segments."""
+    upload(settings, {"x/../escape.jpg": encode(gradient_pattern(40, 30), ".png")})
+    listed = [o["Key"] for o in s3.list_objects(s3.client(settings), settings.s3_bucket, settings.s3_raw_prefix)]
+    assert listed in ([settings.s3_raw_prefix + "x/../escape.jpg"], [settings.s3_raw_prefix + "escape.jpg"])
+    assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
+    assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
+    docs = all_documents(settings)
+    assert [d["key"] for d in docs] == listed
+    for name in ("thumbnail_key", "grayscale_key"):
+        segments = docs[0][name][len(settings.s3_processed_prefix):].split("/")
+        assert "." not in segments and ".." not in segments
+
+
+def test_a_file_name_of_255_bytes_gets_derived_images(settings):
+    name = "日" * 85  # 255 bytes of UTF-8, no extension: the longest segment a file system allows
+    keys = upload(settings, {name: encode(gradient_pattern(40, 30), ".png")})
+    assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
+    consumed = run_script("consumer/image_consumer.py", CONSUME, settings)
+    assert "indexed 1, dead-lettered 0" in consumed.stderr, consumed.stderr
+    [doc] = all_documents(settings)
+    assert doc["key"] == keys[0]
+    client = s3.client(settings)
+    for name in ("thumbnail_key", "grayscale_key"):
+        assert client.head_object(Bucket=settings.s3_bucket, Key=doc[name])["ContentLength"] > 0
 
 
 def test_filters_and_sorting_work_on_the_index(settings):
@@ -193,12 +222,15 @@ def test_watch_mode_sends_new_objects_and_resends_nothing_after_a_restart(settin
     keys = [json.loads(m.value())["key"].rsplit("/", 1)[-1] for m in read_topic(settings, settings.kafka_topic, 3)]
     assert sorted(keys) == ["w1.png", "w2.png", "w3.png"]
 
-    # A deleted object leaves the state file at the next full pass.
-    from imgpipe import kafka, meili, s3
-
+    # A deleted object becomes a delete event at the next full pass, and leaves the state file.
     s3.client(settings).delete_object(Bucket=settings.s3_bucket, Key=settings.s3_raw_prefix + "w1.png")
     watch_until(lambda: len(json.loads(state.read_text())) == 2)
     assert sorted(k.rsplit("/", 1)[-1] for k in json.loads(state.read_text())) == ["w2.png", "w3.png"]
+    events = [json.loads(m.value()) for m in read_topic(settings, settings.kafka_topic, 4)]
+    assert len(events) == 4 and [e["action"] for e in events].count("delete") == 1
+    [deleted] = [e for e in events if e["action"] == "delete"]
+    assert (deleted["bucket"], deleted["key"], deleted["sequencer"]) == (
+        settings.s3_bucket, settings.s3_raw_prefix + "w1.png", None)
 
 
 def test_producer_fails_fast_with_one_line_when_kafka_is_unreachable_or_the_topic_missing(settings):

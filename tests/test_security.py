@@ -65,3 +65,37 @@ def test_the_search_key_cannot_read_documents_or_manage_keys(settings):
 def test_indexing_uses_the_admin_key_and_reading_the_search_key(stack):
     assert stack.meili_admin_key and stack.indexing_key == stack.meili_admin_key != stack.meili_master_key
     assert stack.meili_search_key and stack.reading_key == stack.meili_search_key
+
+
+def test_the_local_s3_server_is_never_started_without_keys(tmp_path, monkeypatch):
+    from stack.services import S3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "")
+    server = S3(settings_from_mapping({"S3_ENDPOINT_URL": "http://127.0.0.1:9799", "LOCAL_STATE_DIR": str(tmp_path)}))
+    with pytest.raises(StackError, match="never runs without keys"):
+        server.start()
+    assert not (tmp_path / "run" / "s3.pid").exists() and not (tmp_path / "bin").exists()  # nothing built
+
+
+@pytest.mark.integration
+def test_the_s3_server_gets_its_keys_through_the_environment_and_refuses_others(stack):
+    import os
+
+    from imgpipe import s3
+    from stack.services import S3
+
+    pid = S3(stack).pid()
+    if pid is None:
+        pytest.skip("the S3 server is not one this stack started")
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    assert len(secret) >= 20
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read()
+    assert secret.encode() not in argv and os.environ["AWS_ACCESS_KEY_ID"].encode() not in argv
+    assert s3.answers(stack)
+    wrong = secret[::-1] + "x"
+    result = run_script("producer/image_producer.py", ["--no-progress"], stack, AWS_SECRET_ACCESS_KEY=wrong)
+    assert result.returncode == 1
+    assert "SignatureDoesNotMatch" in result.stderr and "Traceback" not in result.stderr
+    assert wrong not in result.stderr and secret not in result.stderr
