@@ -16,7 +16,8 @@ FIGURE_ORDER = (
     "decode_floor", "processing_floor", "processing_floor_faces",
     "faces_astronaut", "faces_face_photos", "faces_false_positives",
     "pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95", "latency_upload_p50",
-    "latency_upload_p95", "indexing_batched", "producer", "mapreduce_pipe", "mapreduce_hadoop",
+    "latency_upload_p95", "seed_design", "pipeline_vs_seed", "cores_busy", "consumer_cpu_per_image",
+    "indexing_batched", "producer", "mapreduce_pipe", "mapreduce_hadoop",
     "mapreduce_duplicates", "duplicates_precision", "duplicates_recall", "consumer_peak_rss_mb",
 )
 
@@ -46,6 +47,9 @@ TARGETS: dict[str, Target] = {
     "pipeline_1_worker": Target("ratio", ">=", 0.85),
     "pipeline_2_workers": Target("ratio", ">=", 0.85),
     "latency_p95": Target("value", "<=", 1.0),
+    "pipeline_vs_seed": Target("ratio", ">=", 1.5),
+    "cores_busy": Target("value", ">=", 1.8),
+    "consumer_cpu_per_image": Target("ratio", "<=", 1.3),
     "indexing_batched": Target("ratio", ">=", 50),
     "producer": Target("ratio", ">=", 0.7),
     "consumer_peak_rss_mb": Target("value", "<", 400),

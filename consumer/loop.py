@@ -189,6 +189,7 @@ class BatchConsumer:
             if self.metrics is not None and self.metrics.retried in retry.retry_observers:
                 retry.retry_observers.remove(self.metrics.retried)
             self.stats.worker_peak_rss_mb = processing.peak_worker_rss_mb
+            self.stats.worker_cpu_seconds = processing.cpu_seconds
             self.stats.dead_letters_minimal = self._dead_letters.counts.minimal
             self.stats.dead_letters_refused = self._dead_letters.counts.refused
         return self.stats

@@ -60,6 +60,7 @@ class Stats:
     first_message_cpu: float | None = None
     last_committed_cpu: float | None = None
     worker_peak_rss_mb: float = 0.0  # the largest peak of any processing worker
+    worker_cpu_seconds: float = 0.0  # CPU the processing workers spent on images (process_image)
     dead_letters_minimal: int = 0  # written without the original key and value (the broker refused them)
     dead_letters_refused: int = 0  # not written at all (logged with the original's position)
 
@@ -129,6 +130,7 @@ class Stats:
                                        else round(self.last_committed_cpu - self.first_message_cpu, 3)),
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
+                "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
                 "dead_letters_minimal": self.dead_letters_minimal, "dead_letters_refused": self.dead_letters_refused}
 
 
