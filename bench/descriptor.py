@@ -45,7 +45,7 @@ import numpy as np
 
 from imgpipe import cli
 
-WORKING_SIZE = 512
+from consumer.processing import WORKING_SIZE  # noqa: E402  (the consumer's own)
 THUMBNAIL_SIZE = 256
 # Measured apart, each its own column: neither relevant nor unrelated in the other metrics.
 APART = ("gray", "mirror", "crop20", "tilt10", "heavy")

@@ -204,6 +204,10 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from consumer.imageguard import apply_decoder_limits
+    from imgpipe.settings import Settings
+
+    apply_decoder_limits(Settings().max_image_pixels)  # these images are processed here, in process
     p = cli.parser("python -m bench.duplicates_threshold", __doc__, [
         "python -m bench.duplicates_threshold",
         "python -m bench.duplicates_threshold --photos 300 --copies 10 --json out/threshold.json"])

@@ -98,6 +98,44 @@ def start_script(script: str, args: list[str], settings: Settings, log_path: Pat
         log.close()  # the child holds its own copy
 
 
+class BusySampler:
+    """The machine's busy CPU seconds, sampled every 0.1 s in a thread, so that the cores in use
+    can be read over any span afterwards (the consumer's busy span, without its start-up)."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        import psutil
+
+        self._psutil = psutil
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _busy(self) -> float:
+        t = self._psutil.cpu_times()
+        return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self._busy()))
+            self._stop.wait(interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def cores_busy(self, start: float | None, end: float | None) -> float | None:
+        inside = [(t, busy) for t, busy in self.samples if start is not None and end is not None and start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]), 2)
+
+
 class CpuMeter:
     """CPU seconds of waited-for children, of each local service, and of the whole machine."""
 
@@ -190,13 +228,16 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     summary_path = work / f"{step}-consumer.json"
     meter = CpuMeter(base)
     before = meter.snapshot()
-    run_script("consumer/image_consumer.py", consumer_args(workers, max_idle, summary_path), settings,
-               work / f"{step}-consumer.log", timeout=1800,
-               profile=work / f"{step}-consumer-profile.txt" if profile else None)
+    with BusySampler() as sampler:
+        run_script("consumer/image_consumer.py", consumer_args(workers, max_idle, summary_path), settings,
+                   work / f"{step}-consumer.log", timeout=1800,
+                   profile=work / f"{step}-consumer-profile.txt" if profile else None)
     after = meter.snapshot()
     summary = _read_json(summary_path)
     check_consumed(settings, step, summary, expected)
     summary["cpu"] = CpuMeter.difference(before, after, "consumer (whole run, incl. start-up)")
+    summary["cpu"]["cores_busy_while_draining"] = sampler.cores_busy(summary.get("first_message_monotonic"),
+                                                                     summary.get("last_committed_monotonic"))
     per_image = {"consumer (busy span)": summary.get("active_cpu_seconds"),
                  "consumer's processing workers": summary.get("worker_cpu_seconds")}
     per_image.update({name: seconds for name, seconds in summary["cpu"]["cpu_seconds"].items()

@@ -7,14 +7,16 @@ Every input passes the guard (consumer.imageguard) before any pixel is decoded; 
 must have called `imageguard.apply_decoder_limits` first (the guard refuses to run otherwise),
 best before cv2 is loaded, so that OpenCV's own ceiling is the configured one. A JPEG is then
 decoded straight at the smallest scale (1/1, 1/2, 1/4 or 1/8, done inside libjpeg) that still
-covers every output; other formats decode at full size. Entropy decoding dominates the cost and
-no scale skips it, so a 1280x960 photo (its 1024 px grayscale version needs full resolution)
-costs about twice a bare cv2.imdecode; a 4000x3000 one decodes at 1/2.
+covers every output; other formats decode at full size. The outputs are sized so that a camera's
+JPEG need not be decoded whole: the grayscale preview is 640 px (GRAYSCALE_MAX_SIZE) and the
+working image 320 px from a source of at least 640, so a 1280x960 photo decodes at 1/2 and a
+4000x3000 one at 1/4. Measured on 1280x960 photo-like JPEGs, one thread: 8.0 ms per image with
+a 1024 px preview and a 512 px working scale (full decode), 5.0 ms with these (a 1/2 decode).
 
 Working scale. mean_brightness, sharpness and phash are computed on the grayscale image
-area-averaged (INTER_AREA, one step) to WORKING_SIZE = 512 px on its longest side, from a source
-of at least 1024 px (the original when it is smaller; images under 512 px are used as they are);
-edge_density on that working image area-halved to EDGE_SIZE = 256 px. The working image depends
+area-averaged (INTER_AREA, one step) to WORKING_SIZE = 320 px on its longest side, from a source
+of at least 640 px (the original when it is smaller; images under 320 px are used as they are);
+edge_density on that working image area-halved to EDGE_SIZE = 160 px. The working image depends
 on the image, not on how it was decoded: a 2560 px photo decoded at 1/2 and its 1280 px copy
 decoded in full agree within a few percent, so values compare across images of any size. Faces
 are searched on a FACE_SIZE copy because the Haar cascade's cost grows with the pixel count.
@@ -37,8 +39,8 @@ from imgpipe.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-WORKING_SIZE = 512  # longest side of the image the statistics are computed on
-EDGE_SIZE = 256  # longest side of the image edge density is computed on (half the working size)
+WORKING_SIZE = 320  # longest side of the image the statistics are computed on
+EDGE_SIZE = 160  # longest side of the image edge density is computed on (half the working size)
 FACE_SIZE = 320  # longest side of the image faces are searched on
 # Measured on 100 LFW faces pasted into photos, the astronaut and 5 face-free photos: 320 px with
 # faces from 28 px (~9% of the long side) up finds 90-96% of faces with no false ones in ~24 ms;
@@ -48,7 +50,7 @@ FACE_MIN_SIZE = 28
 FACE_MIN_NEIGHBORS = 5
 FACE_SCALE_FACTOR = 1.1
 THUMBNAIL_QUALITY = 85
-GRAYSCALE_QUALITY = 80  # 10% cheaper to encode than 85 at 1024 px, and it is a preview
+GRAYSCALE_QUALITY = 80  # 10% cheaper to encode than 85, and it is a preview
 CANNY_THRESHOLDS = (100, 200)
 FACE_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
@@ -134,7 +136,7 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
     gray_long = longest if options.grayscale_max_size == 0 else min(options.grayscale_max_size, longest)
     work_long = min(WORKING_SIZE, longest)
     # The working image is one area-average from at least twice its size: a detour through an
-    # intermediate just above 512 px (a 1/2 JPEG decode of a 1280 px photo) would blur it and
+    # intermediate just above it (a 1/4 JPEG decode of a 1280 px photo, 320 px) would blur it and
     # lower the sharpness by a third, making values depend on the decode path.
     work_source_long = min(2 * WORKING_SIZE, longest)
 

@@ -131,6 +131,8 @@ class Stats:
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
                 "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
+                # CLOCK_MONOTONIC is the machine's: another process can place the busy span in time.
+                "first_message_monotonic": self.first_message_at, "last_committed_monotonic": self.last_committed_at,
                 "dead_letters_minimal": self.dead_letters_minimal, "dead_letters_refused": self.dead_letters_refused}
 
 

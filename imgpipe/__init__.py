@@ -4,4 +4,4 @@ Data flows producer/ -> Kafka -> consumer/ -> S3 + MeiliSearch -> mapreduce/ + v
 Everything more than one of those scripts needs lives here, once.
 """
 
-PIPELINE_VERSION = "1.0.0"
+PIPELINE_VERSION = "2.0.0"

@@ -49,6 +49,10 @@ FIELDS: dict[str, str] = {
 }
 
 INDEX_SETTINGS = {
+    # Nobody searches facet values or needs word proximity across positions inside a field:
+    # both off, measured 0.3 ms less MeiliSearch CPU per document (1.16 -> 0.85 ms, no vectors).
+    "facetSearch": False,
+    "proximityPrecision": "byAttribute",
     "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket"],
     # `id` is filterable so readers with the search-only key can fetch given documents (the
     # duplicate groups' members) by search.

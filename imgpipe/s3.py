@@ -62,6 +62,8 @@ def client(settings: Settings, max_attempts: int = 3, pool_size: int = 32):
                     # botocore >= 1.36 computes a CRC of every upload by default: 15% of the
                     # client's CPU per put here, for a check TLS and S3's own MD5 already cover.
                     request_checksum_calculation="when_required",
+                    # Likewise on the way back: a CRC of every GET the server sends a checksum for.
+                    response_checksum_validation="when_required",
                     # Local S3 servers want path-style addressing; real AWS is fine with it too.
                     s3={"addressing_style": "path"} if settings.s3_endpoint_url else None)
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)

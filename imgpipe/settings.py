@@ -55,7 +55,7 @@ class Settings:
     max_object_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     thumbnail_size: int = 256
-    grayscale_max_size: int = 1024  # 0 means full size
+    grayscale_max_size: int = 640  # 0 means full size
     face_detection: bool = True
     # Per-image budgets: wall time of processing, decoded size estimated from the header, and a
     # hard memory cap on each worker process (what gets past the estimate kills only its worker).

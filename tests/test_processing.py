@@ -67,7 +67,7 @@ def test_every_awkward_sample_gives_exactly_its_expected_outcome(name):
     thumbnail, grayscale = decode(result.thumbnail_jpeg), decode(result.grayscale_jpeg)
     assert thumbnail.shape[:2][::-1] == fit(width, height, min(256, max(width, height)))
     assert grayscale.ndim == 2
-    assert grayscale.shape[::-1] == fit(width, height, min(1024, max(width, height)))
+    assert grayscale.shape[::-1] == fit(width, height, min(640, max(width, height)))
 
 
 def test_features_have_exactly_the_contract_keys_and_plain_json_types():
@@ -99,11 +99,11 @@ def test_feature_values_are_in_range():
         assert f["faces"] >= 0
 
 
-def test_a_photo_gets_a_256px_thumbnail_and_a_1024px_grayscale_version():
+def test_a_photo_gets_a_256px_thumbnail_and_a_640px_grayscale_version():
     result = process_image(samples.photo_like_jpeg(1), NO_FACES)
     assert (result.features["width"], result.features["height"]) == (1280, 960)
     assert decode(result.thumbnail_jpeg).shape == (192, 256, 3)
-    assert decode(result.grayscale_jpeg).shape == (768, 1024)
+    assert decode(result.grayscale_jpeg).shape == (480, 640)
 
 
 def test_output_sizes_follow_the_options():
@@ -127,7 +127,7 @@ def test_small_images_are_never_upscaled_and_no_side_is_ever_zero():
         result = process_image(data, NO_FACES)
         thumb, gray = decode(result.thumbnail_jpeg), decode(result.grayscale_jpeg)
         assert thumb.shape[:2][::-1] == fit(*size, min(256, max(size)))
-        assert gray.shape[::-1] == fit(*size, min(1024, max(size)))
+        assert gray.shape[::-1] == fit(*size, min(640, max(size)))
         assert min(thumb.shape[:2]) >= 1 and min(gray.shape) >= 1
         assert (result.features["width"], result.features["height"]) == size
 
@@ -173,7 +173,7 @@ def test_a_large_jpeg_decoded_at_reduced_scale_keeps_its_full_size_and_statistic
     assert (full.features["width"], full.features["height"]) == (2560, 1920)
     assert full.features["megapixels"] == 4.915
     assert decode(full.thumbnail_jpeg).shape == (192, 256, 3)
-    assert decode(full.grayscale_jpeg).shape == (768, 1024)
+    assert decode(full.grayscale_jpeg).shape == (480, 640)
     a, b = full.features, half.features
     assert a["mean_brightness"] == pytest.approx(b["mean_brightness"], abs=1.0)
     assert a["sharpness"] == pytest.approx(b["sharpness"], rel=0.10)
@@ -314,7 +314,7 @@ def test_options_come_from_settings():
                         face_detection=False)
     assert ProcessingOptions.from_settings(settings) == ProcessingOptions(
         thumbnail_size=128, max_image_pixels=5_000_000, max_object_bytes=1_000, face_detection=False,
-        grayscale_max_size=1024)
+        grayscale_max_size=640)
     with pytest.raises(ValueError):
         ProcessingOptions(thumbnail_size=0)
 
