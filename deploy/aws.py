@@ -7,6 +7,7 @@ an `InfrastructureError` naming what was being done (exit 1). Nothing here logs 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 from imgpipe.errors import InfrastructureError, UserError
@@ -25,8 +26,10 @@ class Aws:
         import boto3
         from botocore.config import Config
 
+        # botocore reads AWS_DEFAULT_REGION only; AWS_REGION is the project's setting (and other SDKs').
+        region = region or os.environ.get("AWS_REGION") or None
         with translated("starting an AWS session"):
-            self.session = boto3.session.Session(region_name=region or None, profile_name=profile or None)
+            self.session = boto3.session.Session(region_name=region, profile_name=profile or None)
         self.region = self.session.region_name
         if not self.region:
             raise UserError("no AWS region: pass --region or set AWS_REGION (e.g. us-east-1)")
@@ -64,6 +67,7 @@ def translated(what: str) -> Iterator[None]:
     """Run an AWS call; a botocore failure becomes one line that says `what` failed and why."""
     from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
                                      NoRegionError, PartialCredentialsError, ProfileNotFound)
+    from botocore.parsers import ResponseParserError  # an answer that is not AWS's (a proxy's HTML page)
 
     try:
         yield
@@ -82,5 +86,5 @@ def translated(what: str) -> Iterator[None]:
             raise UserError(f"AWS refused the credentials while {what} ({code}): "
                             "check AWS_PROFILE or the access keys, or log in again") from None
         raise InfrastructureError("aws", f"{what}: {code} {error_message(exc)}".rstrip()) from None
-    except BotoCoreError as exc:
-        raise InfrastructureError("aws", f"{what}: {exc}") from None
+    except (BotoCoreError, ResponseParserError) as exc:
+        raise InfrastructureError("aws", f"{what}: {str(exc).splitlines()[0]}") from None

@@ -237,6 +237,10 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
     body = TEMPLATE.read_text(encoding="utf-8")
     waiter = Waiter(aws, name, out, **wait)
     if creating:
+        # CloudFormation resolves ImageId again at every update: pinned now, a newer Debian image
+        # can never replace the host (and its data) behind an unrelated change.
+        if not values.get("PinnedImageId"):
+            values = {**values, "PinnedImageId": resolve_image(aws, template, values)}
         args = dict(StackName=name, TemplateBody=body, Capabilities=CAPABILITIES, Tags=TAGS,
                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()],
                     OnFailure="DO_NOTHING" if keep_on_failure else "ROLLBACK")
@@ -245,8 +249,13 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
         action = "create"
     else:
         given = [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+        # What was given at create (or differs from its default) keeps its value; a default stays
+        # a default (and an SSM-typed parameter is resolved again at each update anyway).
+        previous = parameters(existing)
         kept = [{"ParameterKey": k, "UsePreviousValue": True}
-                for k in parameters(existing) if k not in values and k in template["Parameters"]]
+                for k, spec in template["Parameters"].items()
+                if k not in values and k in previous and not spec["Type"].startswith("AWS::SSM::")
+                and ("Default" not in spec or previous[k] != str(spec["Default"]))]
         waiter.stack_id = existing["StackId"]
         with translated(f"updating stack {name}"):
             try:
@@ -262,6 +271,13 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
     if stack["StackStatus"] != SUCCESS[action]:
         raise StackFailed(f"{action} of stack {name} ended in {stack['StackStatus']}: {waiter.first_failure()}")
     return action, stack
+
+
+def resolve_image(aws: Aws, template: dict, values: dict[str, str]) -> str:
+    """The AMI the ImageId parameter names today (what CloudFormation would resolve)."""
+    name = values.get("ImageId") or template["Parameters"]["ImageId"]["Default"]
+    with translated(f"reading the SSM parameter {name}"):
+        return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
 
 
 def down(aws: Aws, stack: dict, out: TextIO, **wait) -> dict:

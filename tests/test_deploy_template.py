@@ -161,6 +161,8 @@ def test_iam_statements_are_scoped(resources):
         "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
     assert host["PassOnlyTheEmrRoles"]["Resource"] == [{"Fn::GetAtt": ["EmrServiceRole", "Arn"]},
                                                        {"Fn::GetAtt": ["EmrInstanceRole", "Arn"]}]
+    assert roles["EmrServiceRole"]["Properties"]["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonEMRServicePolicy_v2"}]
     nodes = statements(roles["EmrInstanceRole"])
     assert {"Fn::Sub": "${ImageBucket.Arn}/emr/*"} in [s["Resource"] for s in nodes]
 

@@ -34,8 +34,6 @@ from imgpipe.settings import load_settings
 CONSUMER_ACTIONS = ["documents.add", "documents.delete", "tasks.get", "indexes.get", "settings.get",
                     "settings.update"]
 READER_ACTIONS = ["search", "documents.get"]
-CONSUMER_KEY_NAME = "imgpipe consumer"
-READER_KEY_NAME = "imgpipe readers"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,13 +106,14 @@ def provision_meili(url: str, master_key: str, index: str, timeout: float = 120.
         wait(client.index(index).update_settings(INDEX_SETTINGS), f"applying the settings of {index}")
         existing = {key.name: key for key in client.get_keys({"limit": 1000}).results}
         keys = []
-        for name, actions in ((CONSUMER_KEY_NAME, CONSUMER_ACTIONS), (READER_KEY_NAME, READER_ACTIONS)):
+        for name, actions in ((f"imgpipe consumer of {index}", CONSUMER_ACTIONS),
+                              (f"imgpipe readers of {index}", READER_ACTIONS)):
             key = existing.get(name)
             if key is not None and (sorted(key.actions) != sorted(actions) or key.indexes != [index]):
                 client.delete_key(key.uid)  # an older set-up gave it other rights: replace it
                 key = None
             if key is None:
-                key = client.create_key({"name": name, "description": f"{name} of index {index} (deploy/)",
+                key = client.create_key({"name": name, "description": "created by deploy/host/provision.py",
                                          "actions": actions, "indexes": [index], "expiresAt": None})
             keys.append(key.key)
     except MeilisearchApiError as exc:
