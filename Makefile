@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the tests need, one per line so additions merge cleanly; installed when missing.
 DEBIAN_PACKAGES += cloud-init  # `cloud-init schema` checks deploy/imgpipe.yaml's user data
+DEBIAN_PACKAGES += systemd     # `systemd-analyze verify` checks deploy/systemd/
 
 help:
 	@echo "make demo    run the whole pipeline on the local stack (installs on first run)"

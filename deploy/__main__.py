@@ -101,10 +101,10 @@ def cmd_up(args) -> int:
             values.setdefault(key, default)
         cfn.check_parameters(template, values, creating=True)
         print(f"creating stack {args.stack_name} in {aws.region} (installs {values.get('RepositoryUrl', '?')} "
-              f"at {values.get('GitRef', '?')}); the host's set-up takes about 10 minutes", file=sys.stderr)
+              f"at {values.get('GitRef', '?')}); the host's set-up takes several minutes", file=sys.stderr)
     elif "GitRef" in values and values["GitRef"] != cfn.parameters(existing).get("GitRef"):
         print("note: a running host installs its code once; to move it to the new ref, see "
-              "deploy/README.md (Updating the code)", file=sys.stderr)
+              "deploy/README.md (Updating)", file=sys.stderr)
     action, stack = cfn.up(aws, args.stack_name, values, out=sys.stderr,
                            keep_on_failure=args.keep_on_failure, **waits)
     print_stack(stack, aws.region, headline={"create": "created", "update": "updated",
@@ -123,7 +123,11 @@ def cmd_status(args) -> int:
         return cli.EXIT_FAILURES
     print_stack(stack, aws.region)
     status = stack["StackStatus"]
-    return cli.EXIT_OK if status in cfn.UPDATABLE or status.endswith("_IN_PROGRESS") else cli.EXIT_FAILURES
+    if status in cfn.UPDATABLE or status.endswith("_IN_PROGRESS"):
+        return cli.EXIT_OK
+    for reason in cfn.failure_reasons(aws, stack["StackId"]):
+        print(f"  failed: {reason}")
+    return cli.EXIT_FAILURES
 
 
 def cmd_down(args) -> int:
@@ -137,7 +141,7 @@ def cmd_down(args) -> int:
     if stack["StackStatus"].endswith("_IN_PROGRESS"):
         raise cfn.StackFailed(f"stack {args.stack_name} is busy ({stack['StackStatus']}); "
                               "wait for it: `python -m deploy status`")
-    bucket = cfn.outputs(stack).get("BucketName")
+    bucket = cfn.bucket_of(aws, stack)
     contents = cfn.count_objects(aws, bucket) if bucket else None
     what = f"stack {args.stack_name} in {aws.region} (the host with its Kafka and MeiliSearch data, the queues, the roles)"
     if args.delete_bucket and bucket:

@@ -149,6 +149,27 @@ def parameters(stack: dict) -> dict[str, str]:
     return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
 
 
+def bucket_of(aws: Aws, stack: dict) -> str | None:
+    """The image bucket, also of a stack whose creation failed (no outputs, bucket retained)."""
+    if outputs(stack).get("BucketName"):
+        return outputs(stack)["BucketName"]
+    with translated(f"reading the resources of {stack['StackName']}"):
+        resources = aws.cloudformation.describe_stack_resources(StackName=stack["StackId"])["StackResources"]
+    return next((r.get("PhysicalResourceId") for r in resources if r.get("LogicalResourceId") == "ImageBucket"
+                 and r.get("PhysicalResourceId")), None)
+
+
+def failure_reasons(aws: Aws, stack_id: str, limit: int = 5) -> list[str]:
+    """The reasons of the stack's failed events, oldest first (the first is usually the cause)."""
+    reasons = []
+    with translated(f"reading the events of {stack_id}"):
+        for page in aws.cloudformation.get_paginator("describe_stack_events").paginate(StackName=stack_id):
+            for event in page["StackEvents"]:
+                if event["ResourceStatus"].endswith("_FAILED") and event.get("ResourceStatusReason"):
+                    reasons.append(f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}")
+    return reasons[::-1][:limit]
+
+
 # --- Changing the stack -----------------------------------------------------------------------
 @dataclass
 class Waiter:

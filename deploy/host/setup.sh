@@ -10,6 +10,7 @@
 #   config     /etc/imgpipe/{pipeline,meilisearch,consumer,reader}.env, /etc/imgpipe/kafka/
 #   data       /var/lib/<service> (StateDirectory= of each unit)
 #   services   deploy/systemd/*.{service,target}, enabled and started
+#   tools      /usr/local/bin/imgpipe-run SCRIPT ARGS: a script with the host's settings
 set -euo pipefail
 umask 022
 
@@ -99,6 +100,24 @@ fi
 runuser -u kafka -- java -cp "$OPT/kafka/libs/*" -Dlog4j2.configurationFile="$SRC/stack/kafka/log4j2.yaml" \
   kafka.tools.StorageTool format --ignore-formatted --standalone -t "$(cat /var/lib/kafka/cluster-id)" \
   -c $ETC/kafka/server.properties
+
+step "imgpipe-run"
+cat > /usr/local/bin/imgpipe-run <<'EOF'
+#!/bin/bash
+# Run one of imgpipe's scripts with the host's settings, and the readers' MeiliSearch key when you
+# may read it (group imgpipe-readers). Outputs (out/, CSVs) land under the current directory.
+#   imgpipe-run visualize/search.py cat          imgpipe-run mapreduce/export_csv.py --out m.csv --upload
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: imgpipe-run SCRIPT [ARGS...]   (SCRIPT: a path under /opt/imgpipe/src)" >&2; exit 2; }
+set -a
+. /etc/imgpipe/pipeline.env
+if [ -r /etc/imgpipe/reader.env ]; then . /etc/imgpipe/reader.env; fi
+set +a
+export LOCAL_STATE_DIR="${LOCAL_STATE_DIR:-$HOME/.local/state/imgpipe}"
+script=$1; shift
+exec /opt/imgpipe/venv/bin/python "/opt/imgpipe/src/$script" "$@"
+EOF
+chmod 0755 /usr/local/bin/imgpipe-run
 
 step "systemd units"
 install -m 0644 "$SRC"/deploy/systemd/*.service "$SRC"/deploy/systemd/*.target /etc/systemd/system/
