@@ -25,7 +25,7 @@ TAGS = [{"Key": "created-by", "Value": "imgpipe python -m deploy"}]
 UPDATABLE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE",
              "IMPORT_ROLLBACK_COMPLETE"}
 # States a stack cannot be updated from: its creation or deletion failed.
-DEAD_ENDS = {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED"}
+DEAD_ENDS = {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED", "UPDATE_ROLLBACK_FAILED"}
 SUCCESS = {"create": "CREATE_COMPLETE", "update": "UPDATE_COMPLETE", "delete": "DELETE_COMPLETE"}
 
 
@@ -182,8 +182,15 @@ class Waiter:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     seen: set[str] = field(default_factory=set)
-    since: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    since: datetime | None = None  # also skip events older than this
     failures: list[str] = field(default_factory=list)
+
+    def skip_past_events(self) -> None:
+        """Before changing an existing stack: its events so far are history, not progress.
+        (By id, not by time: this machine's clock need not agree with AWS's.)"""
+        with translated(f"reading the events of {self.stack_id}"):
+            page = self.aws.cloudformation.describe_stack_events(StackName=self.stack_id)
+        self.seen.update(event["EventId"] for event in page["StackEvents"])
 
     def new_events(self) -> list[dict]:
         fresh = []
@@ -195,7 +202,7 @@ class Waiter:
                     if event["EventId"] in self.seen:
                         older = True
                         break
-                    if _aware(event["Timestamp"]) < self.since:
+                    if self.since is not None and _aware(event["Timestamp"]) < self.since:
                         older = True
                         break
                     fresh.append(event)
@@ -278,6 +285,7 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
                 if k not in values and k in previous and not spec["Type"].startswith("AWS::SSM::")
                 and ("Default" not in spec or previous[k] != str(spec["Default"]))]
         waiter.stack_id = existing["StackId"]
+        waiter.skip_past_events()
         with translated(f"updating stack {name}"):
             try:
                 aws.cloudformation.update_stack(StackName=name, TemplateBody=body, Capabilities=CAPABILITIES,
@@ -305,6 +313,7 @@ def down(aws: Aws, stack: dict, out: TextIO, **wait) -> dict:
     """Delete the stack and wait until it is gone (the bucket stays: DeletionPolicy Retain)."""
     name = stack["StackName"]
     waiter = Waiter(aws, stack["StackId"], out, **wait)
+    waiter.skip_past_events()
     with translated(f"deleting stack {name}"):
         aws.cloudformation.delete_stack(StackName=stack["StackId"])
     settled = waiter.until_settled()

@@ -242,6 +242,7 @@ def test_a_second_up_updates_the_stack_keeping_what_was_not_passed(aws, capsys):
     code, out, err = run(capsys, "up", "--ssh-cidr", "198.51.100.9/32", "--poll-seconds", "0.05")
     assert code == 0, err
     assert f"stack {aws['stack']} ({REGION}): updated, UPDATE_COMPLETE" in out
+    assert "UPDATE_COMPLETE" in err and "CREATE_" not in err  # this change's events only
     ids = physical_ids(aws)
     [group] = client(aws, "ec2").describe_security_groups(GroupIds=[ids["HostSecurityGroup"]])["SecurityGroups"]
     assert [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]] == ["198.51.100.9/32"]

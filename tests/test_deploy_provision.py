@@ -102,3 +102,47 @@ def test_provision_without_a_master_key_is_a_settings_error(monkeypatch, capsys,
     code = provision.main(["meili", "--consumer-env", str(tmp_path / "c.env"), "--reader-env", str(tmp_path / "r.env")])
     assert code == 2 and "MEILI_MASTER_KEY is not set" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_meilisearch_units_command_line_starts_the_real_server(stack, tmp_path):
+    """The unit's ExecStart, with this machine's binary, a free port and a scratch data dir: the
+    flags are ones MeiliSearch 1.21 accepts, and it refuses requests without the key."""
+    import re
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from imgpipe.settings import REPO_ROOT
+    from stack.services import MeiliSearch
+
+    unit = (REPO_ROOT / "deploy/systemd/imgpipe-meilisearch.service").read_text()
+    command = re.sub(r"\\\n\s*", " ", re.search(r"^ExecStart=(.*?[^\\])$", unit, re.M | re.S).group(1)).split()
+    assert command[0] == "/opt/imgpipe/bin/meilisearch"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(MeiliSearch(stack).binary)] + [
+        arg.replace("/var/lib/meilisearch", str(tmp_path)).replace("127.0.0.1:7700", f"127.0.0.1:{port}")
+        for arg in command[1:]]
+    server = subprocess.Popen(command, env={"MEILI_MASTER_KEY": "a-master-key-of-32-bytes-or-more!"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except (urllib.error.URLError, OSError):
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "MeiliSearch did not answer"
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as refused_request:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/indexes", timeout=5)
+        assert refused_request.value.code == 401
+        assert (tmp_path / "data.ms").is_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -165,3 +165,10 @@ def test_the_target_pulls_in_every_service():
     parser.read(UNITS / "imgpipe.target")
     assert sorted(parser["Unit"]["Wants"].split()) == sorted(f"imgpipe-{n}.service" for n in SERVICES)
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_package_helper_does_nothing_when_all_is_installed():
+    """tools/ensure-debian-packages.sh, which `make test` runs first: a no-op without apt when dpkg has them."""
+    result = subprocess.run(["bash", str(REPO_ROOT / "tools/ensure-debian-packages.sh"), "systemd", "cloud-init"],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and result.stdout + result.stderr == ""
