@@ -143,7 +143,8 @@ def cmd_down(args) -> int:
                               "wait for it: `python -m deploy status`")
     bucket = cfn.bucket_of(aws, stack)
     contents = cfn.count_objects(aws, bucket) if bucket else None
-    what = f"stack {args.stack_name} in {aws.region} (the host with its Kafka and MeiliSearch data, the queues, the roles)"
+    what = (f"stack {args.stack_name} in {aws.region} (the host with its Kafka and MeiliSearch data, "
+            "the queues, the roles)")
     if args.delete_bucket and bucket:
         what += f" AND the bucket s3://{bucket} ({describe_contents(contents)})"
     confirm(f"Delete {what}?", args.yes)

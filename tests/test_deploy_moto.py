@@ -174,7 +174,8 @@ def test_the_buckets_notification_sends_raw_objects_and_only_those_to_the_queue(
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [
         {"Events": [c["Event"]], "QueueArn": queue_arn,
-         "Filter": {"Key": {"FilterRules": [{"Name": r["Name"], "Value": "raw/"} for r in c["Filter"]["S3Key"]["Rules"]]}}}
+         "Filter": {"Key": {"FilterRules": [{"Name": r["Name"], "Value": "raw/"}
+                                            for r in c["Filter"]["S3Key"]["Rules"]]}}}
         for c in props["NotificationConfiguration"]["QueueConfigurations"]]})
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
     assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())

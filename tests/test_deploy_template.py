@@ -62,7 +62,8 @@ def test_cfn_lint_finds_nothing_even_informational():
 def test_cfn_lint_does_catch_a_broken_template(tmp_path):
     """The check above can fail: a security group rule without its protocol is reported."""
     broken = tmp_path / "broken.yaml"
-    broken.write_text(TEMPLATE.read_text().replace("        - IpProtocol: tcp\n          FromPort: 22", "        - FromPort: 22"))
+    broken.write_text(TEMPLATE.read_text().replace("        - IpProtocol: tcp\n          FromPort: 22",
+                                                   "        - FromPort: 22"))
     cfn_lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
     result = subprocess.run([cfn_lint, "--", str(broken)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "IpProtocol" in result.stdout

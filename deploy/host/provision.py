@@ -38,7 +38,7 @@ READER_ACTIONS = ["search", "documents.get"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("deploy/host/provision.py", __doc__.split("\n\n")[0], [
-        "MEILI_MASTER_KEY=... python deploy/host/provision.py meili --consumer-env consumer.env --reader-env reader.env",
+        "MEILI_MASTER_KEY=... python deploy/host/provision.py meili --consumer-env c.env --reader-env r.env",
         "python deploy/host/provision.py topics"])
     sub = p.add_subparsers(dest="command", required=True)
     meili = sub.add_parser("meili", help="index, settings and the two limited keys")
