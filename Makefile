@@ -6,7 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up status down test demo bench clean
+.PHONY: help venv debian-packages up status down test demo bench clean
+
+# Debian packages the tests need, one per line so additions merge cleanly; installed when missing.
+DEBIAN_PACKAGES += cloud-init  # `cloud-init schema` checks deploy/imgpipe.yaml's user data
+DEBIAN_PACKAGES += systemd     # `systemd-analyze verify` checks deploy/systemd/
 
 help:
 	@echo "make demo    run the whole pipeline on the local stack (installs on first run)"
@@ -23,6 +27,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "imgpipe-repo.pth").write_text("$(CURDIR)")'
 	@touch $(STAMP)
 
+debian-packages:
+	@bash tools/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
+
 up: $(STAMP)
 	$(PY) -m stack up
 
@@ -32,7 +39,7 @@ status: $(STAMP)
 down: $(STAMP)
 	$(PY) -m stack down
 
-test: $(STAMP)
+test: $(STAMP) debian-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

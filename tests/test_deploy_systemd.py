@@ -1,0 +1,174 @@
+"""deploy/systemd/ through Debian's `systemd-analyze verify` and `security --offline`, in a
+throw-away root that has the binaries the units start, plus the rules they must keep:
+unprivileged, restarted on failure, data under /var/lib/<name>, loopback only, and each
+process gets only the MeiliSearch key it needs (the producer none, nobody the master key)."""
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imgpipe.settings import REPO_ROOT
+
+UNITS = REPO_ROOT / "deploy" / "systemd"
+SERVICES = {"kafka": "kafka", "meilisearch": "meilisearch", "producer": "imgpipe-producer",
+            "consumer": "imgpipe-consumer"}  # unit imgpipe-<name>.service -> its user
+# Debian's systemd; `make test` installs it where it is missing (tools/ensure-debian-packages.sh).
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze"
+
+
+def unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """Sections -> key -> every value (a key may repeat), continuation lines joined."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    text = re.sub(r"\\\n\s*", " ", (UNITS / f"imgpipe-{name}.service").read_text())
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A root with the system's own units, ours in /etc/systemd/system, and stand-ins for the
+    programs ours start (verify checks that each ExecStart binary is there and executable)."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for binary in ("usr/bin/java", "opt/imgpipe/venv/bin/python", "opt/imgpipe/bin/meilisearch"):
+        path = root / binary
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for path in UNITS.iterdir():
+        shutil.copy(path, root / "etc/systemd/system" / path.name)
+    return root
+
+
+def verify(root: Path, *names: str) -> subprocess.CompletedProcess:
+    paths = [str(root / "etc/systemd/system" / n) for n in names]
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", "--generators=no", f"--root={root}", *paths],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_unit_passes_systemd_analyze_verify_without_a_warning(root):
+    names = sorted(p.name for p in UNITS.iterdir())
+    assert names == ["imgpipe-consumer.service", "imgpipe-kafka.service", "imgpipe-meilisearch.service",
+                     "imgpipe-producer.service", "imgpipe.target"]
+    result = verify(root, *names)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_verify_does_report_a_typo_a_bad_value_and_a_missing_binary(root):
+    """verify exits 0 on unknown keys, so the test above also demands silence; this shows it speaks."""
+    bad = root / "etc/systemd/system/imgpipe-bad.service"
+    bad.write_text((UNITS / "imgpipe-consumer.service").read_text()
+                   .replace("ProtectSystem=strict", "ProtectSytem=strict")
+                   .replace("Restart=on-failure", "Restart=sometimes")
+                   .replace("/opt/imgpipe/venv/bin/python", "/opt/imgpipe/venv/bin/pythn"))
+    try:
+        result = verify(root, bad.name)
+    finally:
+        bad.unlink()
+    output = result.stdout + result.stderr
+    assert "ProtectSytem" in output and "sometimes" in output and "pythn" in output
+
+
+def test_the_services_are_hardened_by_systemds_own_measure(root):
+    """systemd-analyze security: 0 is fully locked down, 10 fully exposed; ours score ~1.5 ("OK")."""
+    paths = [str(root / "etc/systemd/system" / f"imgpipe-{n}.service") for n in SERVICES]
+    # --threshold counts tenths: 20 fails the run when a unit is above 2.0.
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", f"--root={root}", "--threshold=20",
+                             "--no-pager", *paths], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    levels = [float(x) for x in re.findall(r"Overall exposure level for imgpipe-\S+: (\d+\.\d+)", result.stdout)]
+    assert len(levels) == 4 and max(levels) <= 2.0
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_runs_unprivileged_restarts_and_keeps_data_under_var_lib(name):
+    service = unit(name)["Service"]
+    user = SERVICES[name]
+    assert service["User"] == [user] and user != "root" and "DynamicUser" not in service
+    assert service["Restart"] == ["on-failure"]
+    assert service["StateDirectory"] == [user]
+    assert service["ReadWritePaths"] == [f"/var/lib/{user}"]
+    assert service["WorkingDirectory"] == [f"/var/lib/{user}"]
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
+                       "ProtectHome": "yes", "CapabilityBoundingSet": ""}.items():
+        assert service[key] == [value], (name, key)
+    assert unit(name)["Install"]["WantedBy"] == ["imgpipe.target"]
+
+
+def test_kafka_and_meilisearch_listen_on_loopback_only():
+    meili = unit("meilisearch")["Service"]
+    assert "--http-addr 127.0.0.1:7700" in meili["ExecStart"][0]
+    kafka = unit("kafka")["Service"]
+    assert "/etc/imgpipe/kafka/server.properties" in kafka["ExecStart"][0]
+    # setup.sh renders the local stack's template; it binds every listener to 127.0.0.1.
+    template = (REPO_ROOT / "stack/kafka/server.properties.template").read_text()
+    listeners = re.search(r"^listeners=(.*)$", template, re.M).group(1)
+    assert all(part.split("://")[1].startswith("127.0.0.1:") for part in listeners.split(","))
+    for placeholder in ("${port}", "${controller_port}", "${data_dir}", "${partitions}"):
+        assert placeholder in template  # what setup.sh substitutes
+    for name in ("kafka", "meilisearch"):
+        service = unit(name)["Service"]
+        assert service["IPAddressDeny"] == ["any"] and service["IPAddressAllow"] == ["localhost"]
+
+
+def test_each_process_gets_only_the_meilisearch_key_it_needs():
+    env_files = {name: unit(name)["Service"].get("EnvironmentFile", []) for name in SERVICES}
+    assert env_files == {
+        "kafka": [],
+        "meilisearch": ["/etc/imgpipe/meilisearch.env"],  # MEILI_MASTER_KEY: the server itself only
+        "producer": ["/etc/imgpipe/pipeline.env"],  # no key at all
+        "consumer": ["/etc/imgpipe/pipeline.env", "/etc/imgpipe/consumer.env"],  # its limited key
+    }
+    for name in SERVICES:
+        assert "MEILI" not in " ".join(unit(name)["Service"].get("Environment", []))
+    setup = (REPO_ROOT / "deploy/host/setup.sh").read_text()
+    # pipeline.env, which every pipeline process reads, is written without any key in it.
+    pipeline_env = re.search(r"cat > \$ETC/pipeline.env <<EOF\n(.*?)\nEOF", setup, re.S).group(1)
+    assert "KEY" not in pipeline_env
+    assert "--consumer-env $ETC/consumer.env --consumer-owner imgpipe-consumer" in setup
+
+
+def test_the_producer_reads_the_queue_the_stack_made():
+    service = unit("producer")["Service"]
+    assert service["ExecStart"] == ["/opt/imgpipe/venv/bin/python /opt/imgpipe/src/producer/image_producer.py "
+                                    "--sqs-queue-url ${SQS_QUEUE_URL}"]
+    assert "SQS_QUEUE_URL=$SQS_QUEUE_URL" in (REPO_ROOT / "deploy/host/setup.sh").read_text()
+
+
+def test_the_host_setup_script_and_the_helper_it_installs_are_valid_bash(tmp_path):
+    setup = REPO_ROOT / "deploy/host/setup.sh"
+    helper = tmp_path / "imgpipe-run"
+    helper.write_text(re.search(r"cat > /usr/local/bin/imgpipe-run <<'EOF'\n(.*?)\nEOF\n", setup.read_text(),
+                                re.S).group(1))
+    for script in (setup, helper):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, (script, result.stderr)
+
+
+def test_the_target_pulls_in_every_service():
+    parser = configparser.ConfigParser()
+    parser.read(UNITS / "imgpipe.target")
+    assert sorted(parser["Unit"]["Wants"].split()) == sorted(f"imgpipe-{n}.service" for n in SERVICES)
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_package_helper_does_nothing_when_all_is_installed():
+    """tools/ensure-debian-packages.sh, which `make test` runs first: a no-op without apt when dpkg has them."""
+    result = subprocess.run(["bash", str(REPO_ROOT / "tools/ensure-debian-packages.sh"), "systemd", "cloud-init"],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and result.stdout + result.stderr == ""
