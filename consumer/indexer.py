@@ -160,6 +160,19 @@ class Indexer:
                 log.warning("could not add the descriptor's embedder (%s); trying again later", exc)
         return refused
 
+    def settled(self, submitted: "Submitted") -> bool:
+        """Have the batch's tasks finished (either way)? One quick request; False on any doubt."""
+        for uid in (submitted.add_task, submitted.delete_task):
+            if uid is None:
+                continue
+            try:
+                with meili.errors("looking up a task", self.settings, self.settings.meili_index):
+                    if self.client.get_task(uid).status not in ("succeeded", "failed", "canceled"):
+                        return False
+            except meili.MeiliError:
+                return False
+        return True
+
     def _succeeded(self, task_uid: int, what: str) -> bool:
         """Wait for the task through outages; False when it failed (for whatever reason)."""
 

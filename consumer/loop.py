@@ -158,6 +158,10 @@ class BatchConsumer:
                             # Move on whatever is ready without waiting; the rest keeps processing.
                             while self._open and self._processed(self._open[0]):
                                 self._advance()
+                            # A steady trickle must not hold a batch whose task is done until the
+                            # next one is ready: commit it now (latency), still in order.
+                            if self._indexing is not None and self._indexer.settled(self._indexing.submitted):
+                                self._finish(self._indexing)
                         else:
                             # Nothing new: a trickle must not wait for more to come.
                             while self._open:
