@@ -1,14 +1,17 @@
-"""The consumer loop: poll a batch, process it on the pools, index it, dead-letter what is broken,
-and only then commit the batch's offsets.
+"""The consumer loop: poll messages, process each image on the pools, index the documents in
+batches, dead-letter what is broken, and commit a partition's offset only past messages that
+are finished.
 
 Why this order: Kafka must not be told a message is done before MeiliSearch has its document
-(or the dead-letter topic has it). A crash anywhere before the commit means the batch is
+(or the dead-letter topic has it). A crash anywhere before the commit means the message is
 delivered again; documents have stable ids, so the redelivery replaces rather than duplicates.
 
-Batches overlap so the cores never wait: while batch N's index task runs in MeiliSearch, batch
-N+1's images are being processed, and batch N+2's are already queued behind them. Batches are
-finished (task confirmed, dead letters acknowledged, offsets committed) strictly in the order
-they were polled, and at most MAX_BATCHES_IN_FLIGHT are open at once.
+Messages do not wait for each other: every image goes to the pools as soon as it is polled,
+and a batch for MeiliSearch is whatever has finished since the last one. One slow image holds
+back only its own partition's commits (each partition commits up to its oldest unfinished
+message), never the other images' indexing. Order is kept where it matters, per object: an
+event waits for the event before it of the same object, and only the last one is indexed;
+MeiliSearch applies the batches' tasks in the order they were sent.
 """
 from __future__ import annotations
 
@@ -37,37 +40,36 @@ log = logging.getLogger("consumer")
 JOIN_WAIT_SECONDS = 60.0
 # Threads per processing slot: the extra ones wait on S3 while the others use the CPU.
 IO_THREADS_PER_WORKER = 4
-# Batches polled and not yet committed: the one being indexed, the one being processed, one queued.
-MAX_BATCHES_IN_FLIGHT = 3
-SUPERSEDED = "superseded"  # the outcome of an event replaced by a later one of the same object
+# Messages polled and not yet finished, at most, in batches of CONSUMER_BATCH_SIZE.
+BATCHES_IN_FLIGHT = 3
+
+
+@dataclass(eq=False)
+class Work:
+    """One polled message, from poll to commit."""
+
+    msg: object
+    event: ImageEvent | None = None
+    future: Future | None = None
+    outcome: object = None  # a document, a deleted id (str), a MessageError; None until known
+    superseded: bool = False  # a later event of the same object came: this one is not indexed
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        return (self.event.bucket, self.event.key) if self.event is not None else None
+
+    @property
+    def partition(self) -> tuple[str, int]:
+        return self.msg.topic(), self.msg.partition()
 
 
 @dataclass
-class Batch:
-    messages: list
-    outcomes: list  # per message: a document, a deleted id (str), SUPERSEDED, a MessageError, or None
-    futures: dict[int, Future] = field(default_factory=dict)
-    submitted: Submitted | None = None
-    started: float = field(default_factory=time.monotonic)
+class Group:
+    """Works whose documents and deletions went to MeiliSearch in one task (each)."""
 
-    def document_ids(self) -> frozenset[str]:
-        ids = {o["id"] for o in self.outcomes if isinstance(o, dict)}
-        ids |= {o for o in self.outcomes if isinstance(o, str) and o != SUPERSEDED}
-        return frozenset(ids)
-
-
-def latest_per_object(events: dict[int, ImageEvent]) -> set[int]:
-    """Positions of the events to act on: the last one of each object in the batch (by S3's
-    sequencer where both have one, else by position, which Kafka keeps in order per key)."""
-    latest: dict[tuple[str, str], int] = {}
-    for i, event in events.items():
-        seen = latest.get((event.bucket, event.key))
-        if seen is not None:
-            before = events[seen]
-            if before.sequencer and event.sequencer and compare_sequencers(event.sequencer, before.sequencer) < 0:
-                continue
-        latest[(event.bucket, event.key)] = i
-    return set(latest.values())
+    works: list[Work]
+    submitted: Submitted
 
 
 class BatchConsumer:
@@ -84,12 +86,18 @@ class BatchConsumer:
         self._last_status = time.monotonic()
         self._last_activity = time.monotonic()
         self._assigned: set[tuple[str, int]] = set()
-        self._open: deque[Batch] = deque()  # polled, not yet processed and submitted, oldest first
-        self._indexing: Batch | None = None  # submitted to MeiliSearch, not yet confirmed and committed
         self._consumer = None
+        # Every work polled and not yet committed, per partition, in offset order.
+        self._by_partition: dict[tuple[str, int], deque[Work]] = {}
+        self._processing: list[Work] = []  # handed to the pools, outcome not collected yet
+        self._done: list[Work] = []  # outcome known, not yet sent to MeiliSearch
+        self._indexing: Group | None = None  # sent, not yet confirmed
+        self._finished: set[int] = set()  # id() of works indexed or dead-lettered, not yet committed
+        self._last_of_object: dict[tuple[str, str], Work] = {}  # the newest unfinished event per object
+        self._in_flight = 0
 
-    # Rebalance callbacks run inside consume(). Before partitions go, every batch polled so far is
-    # finished and committed, so the member that gets them next starts after our last commit.
+    # Rebalance callbacks run inside consume(). Before partitions go, every message polled so
+    # far is finished and committed, so the member that gets them next starts after our commit.
     def _on_assign(self, consumer, partitions) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self._last_activity = time.monotonic()
@@ -100,7 +108,7 @@ class BatchConsumer:
             try:
                 self._drain()
             except Stopped:
-                pass  # the batch is not committed and will be delivered again
+                pass  # what is not committed is delivered again
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._last_activity = time.monotonic()
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
@@ -138,41 +146,26 @@ class BatchConsumer:
         consumer.subscribe([self.settings.kafka_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         self._last_activity = time.monotonic()
+        limit = BATCHES_IN_FLIGHT * self.settings.consumer_batch_size
         try:
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image") as pool:
                 self._pool = pool
                 while not self.stop.is_set():
-                    room = len(self._open) + (self._indexing is not None) < MAX_BATCHES_IN_FLIGHT
                     messages = []
-                    if room:
-                        messages = consumer.consume(num_messages=self.settings.consumer_batch_size,
+                    if self._in_flight < limit:
+                        messages = consumer.consume(num_messages=min(self.settings.consumer_batch_size,
+                                                                     limit - self._in_flight),
                                                     timeout=self.settings.consumer_batch_ms / 1000)
                         messages = [m for m in messages if self._usable(m)]
                     try:
-                        if messages:
-                            self._last_activity = time.monotonic()
-                            self._open.append(self._start(messages))
-                        if not room:
-                            self._advance()  # the pipeline is full: the oldest batch must move on
-                        elif messages:
-                            # Move on whatever is ready without waiting; the rest keeps processing.
-                            while self._open and self._processed(self._open[0]):
-                                self._advance()
-                            # A steady trickle must not hold a batch whose task is done until the
-                            # next one is ready: commit it now (latency), still in order.
-                            if self._indexing is not None and self._indexer.settled(self._indexing.submitted):
-                                self._finish(self._indexing)
-                        else:
-                            # Nothing new: a trickle must not wait for more to come.
-                            while self._open:
-                                self._advance()
-                            if self._indexing is not None:
-                                self._finish(self._indexing)
+                        for msg in messages:
+                            self._start(msg)
+                        self._step(full=self._in_flight >= limit, idle=not messages)
                     except Stopped:
-                        log.warning("stopped during an outage: %d batch(es) in flight are not committed and "
-                                    "will be delivered again", len(self._open) + (self._indexing is not None))
+                        log.warning("stopped during an outage: %d message(s) in flight are not committed and "
+                                    "will be delivered again", self._in_flight)
                         break
-                    if messages or self._open or self._indexing is not None:
+                    if messages or self._in_flight:
                         self._last_activity = time.monotonic()
                     elif self._idle_long_enough():
                         log.info("no message for %.0f s: done", time.monotonic() - self._last_activity)
@@ -182,11 +175,11 @@ class BatchConsumer:
                     try:
                         self._drain()  # a stop finishes what was polled, then commits it
                     except Stopped:
-                        log.warning("stopped during an outage: the batches in flight are not committed")
+                        log.warning("stopped during an outage: the messages in flight are not committed")
         finally:
-            for batch in self._open:
-                for future in batch.futures.values():
-                    future.cancel()
+            for work in self._processing:
+                if work.future is not None:
+                    work.future.cancel()
             processing.close(wait=not self.stop.is_set())
             self._dead_letters.close()
             consumer.close()  # leaves the group at once, so partitions move without waiting
@@ -204,30 +197,55 @@ class BatchConsumer:
         log.warning("Kafka reported: %s", msg.error())
         return False
 
-    # --- one batch, in three steps ------------------------------------------------------------
-    def _start(self, messages) -> Batch:
-        """Parse the events and hand every image to the pools; returns at once."""
-        self.stats.batch_started(len(messages))
+    # --- one message: start, then collect ---------------------------------------------------------
+    def _start(self, msg) -> None:
+        """Parse the event and hand it to the pools (after the event before it of the same
+        object, which it supersedes); returns at once."""
+        self.stats.batch_started(1)
         if self.metrics is not None:
-            self.metrics.messages.inc(len(messages))
-        batch = Batch(messages, [None] * len(messages))
-        events: dict[int, ImageEvent] = {}
-        for i, msg in enumerate(messages):
+            self.metrics.messages.inc()
+        work = Work(msg)
+        self._by_partition.setdefault(work.partition, deque()).append(work)
+        self._in_flight += 1
+        try:
+            work.event = parse_event(msg.value())
+        except MessageError as exc:
+            work.outcome = exc
+        except Exception as exc:  # whatever a message holds, it must not escape the loop
+            work.outcome = MessageError("validate", f"unreadable message ({type(exc).__name__}: {exc})")
+        if work.event is None:
+            self._done.append(work)
+            return
+        before = self._last_of_object.get(work.key)
+        if before is not None and before.event.sequencer and work.event.sequencer and \
+                compare_sequencers(work.event.sequencer, before.event.sequencer) < 0:
+            work.superseded = True  # an older change of the object, delivered late: nothing to do
+            self._done.append(work)
+            return
+        self._last_of_object[work.key] = work
+        run = self._handler.delete if work.event.action == DELETE else self._timed
+        if before is None:
+            work.future = self._pool.submit(run, work.event)
+        else:
+            # Not before the one before it, so their writes to S3 happen in the same order; and
+            # that one is not indexed at all unless it was sent to MeiliSearch already (then
+            # MeiliSearch applies the two in order).
+            if before in self._processing or before in self._done:
+                before.superseded = True
+            work.future = Future()
+            self._chain(before.future, work.future, run, work.event)
+        self._processing.append(work)
+
+    def _chain(self, before: Future, after: Future, run, event: ImageEvent) -> None:
+        def start(_):
             try:
-                events[i] = parse_event(msg.value())
-            except MessageError as exc:
-                batch.outcomes[i] = exc
-            except Exception as exc:  # whatever a message holds, it must not escape the loop
-                batch.outcomes[i] = MessageError("validate", f"unreadable message ({type(exc).__name__}: {exc})")
-        acting = latest_per_object(events)
-        for i, event in events.items():
-            if i not in acting:
-                batch.outcomes[i] = SUPERSEDED
-            elif event.action == DELETE:
-                batch.futures[i] = self._pool.submit(self._handler.delete, event)
-            else:
-                batch.futures[i] = self._pool.submit(self._timed, event)
-        return batch
+                inner = self._pool.submit(run, event)
+            except RuntimeError:  # the pool shuts down: the message is delivered again
+                after.cancel()
+                return
+            inner.add_done_callback(lambda f: _copy(f, after))
+
+        before.add_done_callback(start)
 
     def _timed(self, event: ImageEvent) -> dict:
         if self.metrics is None:
@@ -240,89 +258,123 @@ class BatchConsumer:
             self.metrics.in_flight.dec()
             self.metrics.processing.observe(time.monotonic() - started)
 
-    @staticmethod
-    def _processed(batch: Batch) -> bool:
-        return all(future.done() for future in batch.futures.values())
-
-    def _advance(self) -> None:
-        """The oldest open batch: wait for its images, submit it to MeiliSearch, then finish the
-        batch submitted before it (so that one's task ran while this one was processed)."""
-        batch = self._open.popleft()
-        self._collect(batch)
-        documents = [o for o in batch.outcomes if isinstance(o, dict)]
-        deletions = [o for o in batch.outcomes if isinstance(o, str) and o != SUPERSEDED]
-        batch.submitted = self._indexer.submit(documents, deletions)
-        if self._indexing is not None:
-            self._finish(self._indexing, later=batch)
-        self._indexing = batch
-
-    def _collect(self, batch: Batch) -> None:
-        for i, future in batch.futures.items():
+    def _collect(self, wait: bool) -> None:
+        """Move works whose images are done to `_done` (all of them, waiting, when `wait`)."""
+        still = []
+        for work in self._processing:
+            if not wait and not work.future.done():
+                still.append(work)
+                continue
             try:
-                batch.outcomes[i] = future.result()
+                work.outcome = work.future.result()
             except MessageError as exc:
-                batch.outcomes[i] = exc
+                work.outcome = exc
             except (Stopped, InfrastructureError):
                 # Stopped: a stop came during an outage. InfrastructureError that escaped the
                 # retries cannot be retried (a broken OpenCV install): stop, commit nothing.
-                for other in batch.futures.values():
-                    other.cancel()
                 raise
             except Exception as exc:  # a bug on one odd image must not stop the stream
-                msg = batch.messages[i]
+                msg = work.msg
                 log.exception("unexpected error on %s[%d]@%d", msg.topic(), msg.partition(), msg.offset())
-                batch.outcomes[i] = MessageError("process", f"unexpected {type(exc).__name__}: {exc}")
-        batch.futures = {}
+                work.outcome = MessageError("process", f"unexpected {type(exc).__name__}: {exc}")
+            self._done.append(work)
+        self._processing = still
 
-    def _finish(self, batch: Batch, later: Batch | None = None) -> None:
-        """Confirm the batch's index tasks, dead-letter what failed, commit its offsets."""
-        superseded = later.document_ids() if later is not None else frozenset()
-        indexed_at = [i for i, o in enumerate(batch.outcomes) if isinstance(o, dict)]
-        # MeiliSearch may refuse some documents (found by splitting the batch): dead-letter those.
-        for position, reason in self._indexer.confirm(batch.submitted, superseded).items():
-            batch.outcomes[indexed_at[position]] = MessageError("index", reason)
-        documents = [o for o in batch.outcomes if isinstance(o, dict)]
-        for msg, outcome in zip(batch.messages, batch.outcomes):
-            if isinstance(outcome, MessageError):
-                log.info("dead-letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), outcome)
-                self._dead_letters.add(msg, outcome)
-                self.stats.dead_letter_reasons[outcome.stage] += 1
+    # --- batches for MeiliSearch, dead letters, commits ---------------------------------------------
+    def _step(self, full: bool, idle: bool) -> None:
+        """Collect what is done; send a batch when one is due; confirm the batch sent before when
+        its task is done (or must be); commit what is finished."""
+        self._collect(wait=False)
+        if full and not self._done and self._indexing is None:
+            self._collect_oldest()  # nothing else can move: wait for the oldest image
+        due = self._done and (idle or full or len(self._done) >= self.settings.consumer_batch_size
+                              or time.monotonic() - self._done[0].started >= self.settings.consumer_batch_ms / 1000)
+        if self._indexing is not None and (due or idle or full or self._indexer.settled(self._indexing.submitted)):
+            later = [w for w in self._done if not w.superseded]
+            self._confirm(self._indexing, later)
+        if due:
+            self._send()
+            if idle and not self._processing:
+                self._confirm(self._indexing, [])  # a trickle: make it searchable now
+
+    def _collect_oldest(self) -> None:
+        if self._processing:
+            self._processing[0].future.exception()  # waits for it, without raising
+            self._collect(wait=False)
+
+    def _send(self) -> None:
+        works, self._done = self._done, []
+        documents = [w.outcome for w in works if isinstance(w.outcome, dict) and not w.superseded]
+        deletions = [w.outcome for w in works if isinstance(w.outcome, str) and not w.superseded]
+        self._indexing = Group(works, self._indexer.submit(documents, deletions))
+
+    def _confirm(self, group: Group | None, later: list[Work]) -> None:
+        """The group's tasks confirmed; refused documents and failed messages dead-lettered and
+        acknowledged; then what is finished is committed."""
+        if group is None:
+            return
+        superseded = frozenset(w.outcome["id"] if isinstance(w.outcome, dict) else w.outcome for w in later
+                               if isinstance(w.outcome, (dict, str)))
+        indexed = [w for w in group.works if isinstance(w.outcome, dict) and not w.superseded]
+        for position, reason in self._indexer.confirm(group.submitted, superseded).items():
+            indexed[position].outcome = MessageError("index", reason)
+        written_before = self._dead_letters.counts.written
+        for work in group.works:
+            if isinstance(work.outcome, MessageError) and not work.superseded:
+                msg = work.msg
+                log.info("dead-letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), work.outcome)
+                self._dead_letters.add(msg, work.outcome)
+                self.stats.dead_letter_reasons[work.outcome.stage] += 1
                 if self.metrics is not None:
-                    self.metrics.dead_letters.labels(outcome.stage).inc()
-        written = self._dead_letters.flush()
-        self._commit(batch.messages)
-        deleted = sum(1 for o in batch.outcomes if isinstance(o, str) and o != SUPERSEDED)
-        self.stats.superseded += sum(1 for o in batch.outcomes if o == SUPERSEDED)
-        latencies = self.stats.batch_committed(documents, written, deleted)
+                    self.metrics.dead_letters.labels(work.outcome.stage).inc()
+        self._dead_letters.flush()
+        documents = [w.outcome for w in group.works if isinstance(w.outcome, dict) and not w.superseded]
+        deleted = sum(1 for w in group.works if isinstance(w.outcome, str) and not w.superseded)
+        self.stats.superseded += sum(1 for w in group.works if w.superseded)
+        latencies = self.stats.batch_committed(documents, self._dead_letters.counts.written - written_before, deleted)
         if self.metrics is not None:
             self.metrics.indexed.inc(len(documents))
             self.metrics.deleted.inc(deleted)
             self.metrics.batches.inc()
             for latency in latencies:
                 self.metrics.searchable.observe(latency)
-        if self._indexing is batch:
+        for work in group.works:
+            self._finished.add(id(work))
+            if work.key is not None and self._last_of_object.get(work.key) is work:
+                del self._last_of_object[work.key]
+        if self._indexing is group:
             self._indexing = None
+        self._commit_finished()
         if self.on_batch:
-            self.on_batch(len(batch.messages))
+            self.on_batch(len(group.works))
 
-    def _drain(self) -> None:
-        """Finish every batch polled so far, in order."""
-        while self._open:
-            self._advance()
-        if self._indexing is not None:
-            self._finish(self._indexing)
-
-    def _commit(self, messages) -> None:
+    def _commit_finished(self) -> None:
+        """Per partition, commit past the finished works at its head (its oldest unfinished
+        message, still processing or waiting to be indexed, stops it)."""
         next_offsets: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            key = (msg.topic(), msg.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), msg.offset() + 1)
+        for partition, works in self._by_partition.items():
+            while works and id(works[0]) in self._finished:
+                work = works.popleft()
+                self._finished.discard(id(work))
+                self._in_flight -= 1
+                next_offsets[partition] = work.msg.offset() + 1
+        if not next_offsets:
+            return
         try:
             kafka.commit(self._consumer, next_offsets)
         except kafka.KafkaError as exc:
             # The group moved on (rebalance): another member will get these messages again and
             # replace the same documents. At-least-once, never lost.
-            log.warning("commit failed (%s); the batch may be delivered again", exc)
+            log.warning("commit failed (%s); these messages may be delivered again", exc)
+
+    def _drain(self) -> None:
+        """Finish every message polled so far."""
+        self._collect(wait=True)
+        if self._indexing is not None:
+            self._confirm(self._indexing, [w for w in self._done if not w.superseded])
+        if self._done:
+            self._send()
+            self._confirm(self._indexing, [])
 
     def _maybe_report_status(self, consumer) -> None:
         if time.monotonic() - self._last_status < self.status_interval:
@@ -348,3 +400,12 @@ class BatchConsumer:
             return lag
         except Exception:  # lag is informative only
             return None
+
+
+def _copy(source: Future, target: Future) -> None:
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
