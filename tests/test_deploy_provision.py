@@ -160,3 +160,22 @@ def test_a_consumer_whose_index_was_never_set_up_says_so_in_one_line(stack, prov
                                     meili_master_key="")
     with pytest.raises(UserError, match="does not exist and the consumer's key may not create it: run the set-up"):
         Indexer(settings, threading.Event()).ensure_index()
+
+
+def test_the_hosts_readers_key_alone_runs_search_and_the_csv_export(stack, provisioned, tmp_path, monkeypatch,
+                                                                    capsys):
+    """What `imgpipe-run` gives the login user on the host: the readers' key, no other."""
+    from mapreduce import export_csv
+    from visualize import search
+
+    master = provisioned["master"]
+    done = master.wait_for_task(master.index(provisioned["index"]).add_documents(
+        [{"id": "a" * 64, "file_name": "cat.jpg", "key": "raw/cat.jpg", "_vectors": {"image": None}}]).task_uid)
+    assert done.status == "succeeded", done.error
+    for name, value in (("MEILI_MASTER_KEY", ""), ("MEILI_ADMIN_KEY", ""), ("MEILI_SEARCH_KEY", provisioned["reader"]),
+                        ("MEILI_INDEX", provisioned["index"]), ("MEILI_URL", stack.meili_url)):
+        monkeypatch.setenv(name, value)
+    assert export_csv.main(["--out", str(tmp_path / "m.csv")]) == 0, capsys.readouterr().err
+    assert "exported 1 documents" in capsys.readouterr().out
+    assert search.main(["cat"]) == 0
+    assert "cat.jpg" in capsys.readouterr().out
