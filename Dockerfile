@@ -17,9 +17,12 @@ RUN pip install -r requirements.txt
 
 # The code stays owned by root (read-only for the pipeline); only the state folder the producer's
 # --watch writes to belongs to the user the containers run as.
+# /keys/*: the volumes of docker-compose.yml's meili-setup (each MeiliSearch key in its own), owned
+# by app so that a fresh volume is too.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
-    && mkdir -p /app/.local \
-    && chown app:app /app/.local
+    && mkdir -p /app/.local /keys/consumer /keys/reader \
+    && chown app:app /app/.local /keys/consumer /keys/reader \
+    && chmod 0700 /keys/consumer /keys/reader
 COPY . .
 
 USER app

@@ -10,8 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from imgpipe import meili
-from imgpipe.document import INDEX_SETTINGS
+from imgpipe import access, meili
 from imgpipe.settings import Settings
 
 from bench.figures import Figure
@@ -20,16 +19,17 @@ POLL_MS = 20
 
 
 def _fresh_index(settings: Settings, name: str):
+    """A new index with INDEX_SETTINGS, made with the master key (as set-up does), and a client
+    with the consumer's key to fill it."""
+    access.prepare_index(settings, settings.meili_master_key, name, embedder=False)
     client = meili.client(settings)
-    client.wait_for_task(client.create_index(name, {"primaryKey": "id"}).task_uid, interval_in_ms=POLL_MS)
-    index = client.index(name)
-    client.wait_for_task(index.update_settings(INDEX_SETTINGS).task_uid, interval_in_ms=POLL_MS)
-    return client, index
+    return client, client.index(name)
 
 
 def batched_seconds(settings: Settings, index_name: str, documents: list[dict]) -> float:
     from consumer.indexer import Indexer
 
+    access.prepare_index(settings, settings.meili_master_key, index_name)
     indexer = Indexer(settings.with_overrides(meili_index=index_name), threading.Event())
     indexer.ensure_index()
     size = settings.consumer_batch_size
@@ -67,10 +67,9 @@ def indexing_figure(settings: Settings, count: int, naive_count: int, index_pref
     batched = naive = float("inf")
     for batched_index, naive_index in zip(names[0::2], names[1::2]):
         batched = min(batched, batched_seconds(settings, batched_index, documents))
-        stats = meili.client(settings).index(batched_index).get_stats()
-        if stats.number_of_documents != count:
-            raise RuntimeError(f"batched indexing: {batched_index} holds {stats.number_of_documents} of {count} "
-                               "documents")
+        held = meili.document_count(settings, batched_index)
+        if held != count:
+            raise RuntimeError(f"batched indexing: {batched_index} holds {held} of {count} documents")
         naive = min(naive, naive_seconds(settings, naive_index, documents[:naive_count]))
     return Figure("indexing_batched", count / batched, "docs/s", floor=naive_count / naive,
                   floor_name="1 doc/request",

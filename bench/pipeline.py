@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgpipe import kafka, meili
+from imgpipe import access, kafka, meili
 from imgpipe.settings import REPO_ROOT, Settings, to_env
 
 
@@ -58,6 +58,12 @@ class RunNames:
             kafka_consumer_group=f"bench-{self.run_id}-{step}", meili_index=f"bench_{self.run_id}_{step}",
             s3_raw_prefix=raw_prefix or self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/",
             sqs_queue_url="")  # the producer runs list the bucket unless a run says otherwise
+
+
+def prepare_index(settings: Settings, embedder: bool = True) -> None:
+    """Make the run's index as set-up does (with the master key): the stack's consumer key may
+    write to bench_* indexes but not create them."""
+    access.prepare_index(settings, settings.meili_master_key, settings.meili_index, embedder=embedder)
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -224,6 +230,7 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     `cpu_ms_per_image` (the consumer's over its busy span, each local service's over the run)."""
     settings = names.settings(base, step, raw_prefix)
     kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    prepare_index(settings)
     produce_all(settings, work, step, expected)
     summary_path = work / f"{step}-consumer.json"
     meter = CpuMeter(base)
@@ -272,6 +279,7 @@ def latency_run(base: Settings, names: RunNames, step: str, workers: int, rate: 
     events; returns the consumer's summary (latency: event_time -> index task succeeded)."""
     settings = names.settings(base, step)
     kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    prepare_index(settings)
     summary_path = work / f"{step}-consumer.json"
     log_path = work / f"{step}-consumer.log"
     consumer = start_script("consumer/image_consumer.py", consumer_args(workers, max_idle, summary_path),
@@ -300,6 +308,7 @@ def seed_design_run(base: Settings, names: RunNames, step: str, expected: int, m
     """bench/seed_design.py draining its own topic of `expected` events (see there)."""
     settings = names.settings(base, step, raw_prefix)
     kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    prepare_index(settings, embedder=False)  # the brief's design indexes no descriptors
     produce_all(settings, work, step, expected)
     summary_path = work / f"{step}.json"
     log_path = work / f"{step}.log"

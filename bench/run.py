@@ -362,7 +362,7 @@ class Bench:
 
     def _delete_indexes(self) -> None:
         for name in sorted(set(self._indexes)):
-            meili.delete_index(self.settings, name)
+            meili.delete_index(self.settings, name, key=self.settings.meili_master_key)
 
     def _delete_topics(self) -> None:
         kafka.delete_topics(self.settings, self._topics)

@@ -81,7 +81,17 @@ class Indexer:
             except meili.MeiliError as exc:
                 if exc.kind != NOT_FOUND:
                     raise
-                self._wait(self.client.create_index(name, {"primaryKey": "id"}).task_uid, "creating the index")
+                try:
+                    with meili.errors("creating", self.settings, name):
+                        task = self.client.create_index(name, {"primaryKey": "id"})
+                except meili.MeiliError as denied:
+                    if denied.kind != DENIED:
+                        raise
+                    # A least-privilege key (imgpipe/access.py) may not create indexes: set-up does.
+                    raise UserError(f"MeiliSearch index {name!r} (MEILI_INDEX) does not exist and the consumer's "
+                                    "key may not create it: run the set-up first (`make up` for the local stack, "
+                                    "deploy/host/provision.py meili elsewhere)") from None
+                self._wait(task.task_uid, "creating the index")
             self._wait(self.index.update_settings(INDEX_SETTINGS).task_uid, "updating the index settings")
             self._add_embedder()
 

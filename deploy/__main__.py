@@ -82,7 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging()
-    return cli.run(lambda: COMMANDS[args.command](args))
+    return cli.run(lambda: settings_mistakes_are_usage_errors(COMMANDS[args.command], args))
+
+
+def settings_mistakes_are_usage_errors(command, args) -> int:
+    """The policy on AWS's errors: what this machine's settings must fix (no credentials, no region,
+    refused credentials) is a one-line usage error (exit 2); anything else stays an AWS failure (1)."""
+    from imgpipe.aws import AwsError
+
+    try:
+        return command(args)
+    except AwsError as exc:
+        if not exc.user_must_fix:
+            raise
+        if exc.code == "NoCredentialsError":
+            message = ("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY, or run `aws configure`")
+        elif exc.code == "NoRegionError":
+            message = "no AWS region: pass --region or set AWS_REGION (e.g. us-east-1)"
+        elif exc.code == "ProfileNotFound":
+            message = exc.message
+        else:
+            message = (f"AWS refused the credentials while {exc.operation} {exc.target} ({exc.code}): "
+                       "check AWS_PROFILE or the access keys, or log in again").replace("  ", " ")
+        raise UserError(message) from None
 
 
 # --- Commands -----------------------------------------------------------------------------------
@@ -166,9 +189,9 @@ COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
 
 # --- Helpers ------------------------------------------------------------------------------------
 def connect(args):
-    from deploy.aws import Aws
+    from imgpipe.aws import Session
 
-    return Aws(region=args.region, profile=args.profile)
+    return Session(region=args.region, profile=args.profile)
 
 
 def waiting(args) -> dict:

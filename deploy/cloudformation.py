@@ -4,6 +4,8 @@ follow its events until it settles, delete it, and deal with the bucket it leave
 Parameters are checked here with the template's own AllowedPattern / AllowedValues / Rules before
 any call to AWS, so a bad value (SSH open to 0.0.0.0/0) is refused in one line, not after a
 rollback.
+
+Every AWS call goes through imgpipe.aws (and imgpipe.s3 for the bucket): this module is policy.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TextIO
 
-from deploy.aws import Aws, error_code, error_message, translated
+from imgpipe import aws as awsapi
+from imgpipe import s3 as s3api
+from imgpipe.aws import Session as Aws
 from imgpipe.errors import InfrastructureError, UserError
 
 TEMPLATE = Path(__file__).resolve().parent / "imgpipe.yaml"
@@ -125,20 +129,10 @@ def _rule_violations(template: dict, values: dict[str, str]) -> list[tuple[str, 
 def describe(aws: Aws, name: str) -> dict | None:
     """The stack (by name or id), or None if there is none. By id, a deleted stack is still
     there (DELETE_COMPLETE), which is how a wait for its deletion ends."""
-    from botocore.exceptions import ClientError
-
-    with translated(f"describing stack {name}"):
-        try:
-            stacks = aws.cloudformation.describe_stacks(StackName=name)["Stacks"]
-        except ClientError as exc:
-            if error_code(exc) == "ValidationError" and "does not exist" in error_message(exc):
-                return None
-            raise
-    if not stacks:
+    stack = awsapi.describe_stack(aws.cloudformation, name)
+    if stack is None or (stack["StackStatus"] == "DELETE_COMPLETE" and not name.startswith("arn:")):
         return None
-    if stacks[0]["StackStatus"] == "DELETE_COMPLETE" and not name.startswith("arn:"):
-        return None
-    return stacks[0]
+    return stack
 
 
 def outputs(stack: dict) -> dict[str, str]:
@@ -153,8 +147,7 @@ def bucket_of(aws: Aws, stack: dict) -> str | None:
     """The image bucket, also of a stack whose creation failed (no outputs, bucket retained)."""
     if outputs(stack).get("BucketName"):
         return outputs(stack)["BucketName"]
-    with translated(f"reading the resources of {stack['StackName']}"):
-        resources = aws.cloudformation.describe_stack_resources(StackName=stack["StackId"])["StackResources"]
+    resources = awsapi.stack_resources(aws.cloudformation, stack["StackId"])
     return next((r.get("PhysicalResourceId") for r in resources if r.get("LogicalResourceId") == "ImageBucket"
                  and r.get("PhysicalResourceId")), None)
 
@@ -162,11 +155,10 @@ def bucket_of(aws: Aws, stack: dict) -> str | None:
 def failure_reasons(aws: Aws, stack_id: str, limit: int = 5) -> list[str]:
     """The reasons of the stack's failed events, oldest first (the first is usually the cause)."""
     reasons = []
-    with translated(f"reading the events of {stack_id}"):
-        for page in aws.cloudformation.get_paginator("describe_stack_events").paginate(StackName=stack_id):
-            for event in page["StackEvents"]:
-                if event["ResourceStatus"].endswith("_FAILED") and event.get("ResourceStatusReason"):
-                    reasons.append(f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}")
+    for page in awsapi.stack_event_pages(aws.cloudformation, stack_id):
+        for event in page:
+            if event["ResourceStatus"].endswith("_FAILED") and event.get("ResourceStatusReason"):
+                reasons.append(f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}")
     return reasons[::-1][:limit]
 
 
@@ -188,26 +180,24 @@ class Waiter:
     def skip_past_events(self) -> None:
         """Before changing an existing stack: its events so far are history, not progress.
         (By id, not by time: this machine's clock need not agree with AWS's.)"""
-        with translated(f"reading the events of {self.stack_id}"):
-            page = self.aws.cloudformation.describe_stack_events(StackName=self.stack_id)
-        self.seen.update(event["EventId"] for event in page["StackEvents"])
+        for page in awsapi.stack_event_pages(self.aws.cloudformation, self.stack_id):
+            self.seen.update(event["EventId"] for event in page)
+            break  # the newest page: older events cannot come back
 
     def new_events(self) -> list[dict]:
         fresh = []
-        with translated(f"reading the events of {self.stack_id}"):
-            for page in self.aws.cloudformation.get_paginator("describe_stack_events").paginate(
-                    StackName=self.stack_id):
-                older = False
-                for event in page["StackEvents"]:  # newest first
-                    if event["EventId"] in self.seen:
-                        older = True
-                        break
-                    if self.since is not None and _aware(event["Timestamp"]) < self.since:
-                        older = True
-                        break
-                    fresh.append(event)
-                if older:
+        for page in awsapi.stack_event_pages(self.aws.cloudformation, self.stack_id):
+            older = False
+            for event in page:  # newest first
+                if event["EventId"] in self.seen:
+                    older = True
                     break
+                if self.since is not None and _aware(event["Timestamp"]) < self.since:
+                    older = True
+                    break
+                fresh.append(event)
+            if older:
+                break
         fresh.reverse()
         for event in fresh:
             self.seen.add(event["EventId"])
@@ -249,8 +239,6 @@ def _aware(stamp: datetime) -> datetime:
 def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure: bool = False,
        **wait) -> tuple[str, dict]:
     """Create the stack, or update it; returns (what happened, the settled stack)."""
-    from botocore.exceptions import ClientError
-
     template = load_template()
     existing = describe(aws, name)
     if existing is not None:
@@ -272,8 +260,7 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
         args = dict(StackName=name, TemplateBody=body, Capabilities=CAPABILITIES, Tags=TAGS,
                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()],
                     OnFailure="DO_NOTHING" if keep_on_failure else "ROLLBACK")
-        with translated(f"creating stack {name}"):
-            waiter.stack_id = aws.cloudformation.create_stack(**args)["StackId"]
+        waiter.stack_id = awsapi.create_stack(aws.cloudformation, **args)
         action = "create"
     else:
         given = [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
@@ -286,15 +273,10 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
                 and ("Default" not in spec or previous[k] != str(spec["Default"]))]
         waiter.stack_id = existing["StackId"]
         waiter.skip_past_events()
-        with translated(f"updating stack {name}"):
-            try:
-                aws.cloudformation.update_stack(StackName=name, TemplateBody=body, Capabilities=CAPABILITIES,
-                                                Tags=TAGS, Parameters=given + kept,
-                                                DisableRollback=keep_on_failure)
-            except ClientError as exc:
-                if error_code(exc) == "ValidationError" and "No updates are to be performed" in error_message(exc):
-                    return "unchanged", existing
-                raise
+        if not awsapi.update_stack(aws.cloudformation, StackName=name, TemplateBody=body,
+                                   Capabilities=CAPABILITIES, Tags=TAGS, Parameters=given + kept,
+                                   DisableRollback=keep_on_failure):
+            return "unchanged", existing
         action = "update"
     stack = waiter.until_settled()
     if stack["StackStatus"] != SUCCESS[action]:
@@ -305,8 +287,7 @@ def up(aws: Aws, name: str, values: dict[str, str], out: TextIO, keep_on_failure
 def resolve_image(aws: Aws, template: dict, values: dict[str, str]) -> str:
     """The AMI the ImageId parameter names today (what CloudFormation would resolve)."""
     name = values.get("ImageId") or template["Parameters"]["ImageId"]["Default"]
-    with translated(f"reading the SSM parameter {name}"):
-        return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+    return awsapi.ssm_parameter(aws.ssm, name)
 
 
 def down(aws: Aws, stack: dict, out: TextIO, **wait) -> dict:
@@ -314,8 +295,7 @@ def down(aws: Aws, stack: dict, out: TextIO, **wait) -> dict:
     name = stack["StackName"]
     waiter = Waiter(aws, stack["StackId"], out, **wait)
     waiter.skip_past_events()
-    with translated(f"deleting stack {name}"):
-        aws.cloudformation.delete_stack(StackName=stack["StackId"])
+    awsapi.delete_stack(aws.cloudformation, stack["StackId"])
     settled = waiter.until_settled()
     if settled["StackStatus"] != "DELETE_COMPLETE":
         raise StackFailed(f"deleting stack {name} ended in {settled['StackStatus']}: {waiter.first_failure()}")
@@ -325,38 +305,9 @@ def down(aws: Aws, stack: dict, out: TextIO, **wait) -> dict:
 # --- The bucket that outlives the stack ------------------------------------------------------
 def count_objects(aws: Aws, bucket: str, limit: int = 10_000) -> tuple[int, bool] | None:
     """(objects, more than `limit`), or None when the bucket does not exist."""
-    from botocore.exceptions import ClientError
-
-    count = 0
-    with translated(f"listing s3://{bucket}"):
-        try:
-            for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                count += page.get("KeyCount", 0)
-                if count >= limit:
-                    return count, True
-        except ClientError as exc:
-            if error_code(exc) == "NoSuchBucket":
-                return None
-            raise
-    return count, False
+    return s3api.count_objects(aws.s3, bucket, limit)
 
 
 def delete_bucket(aws: Aws, bucket: str) -> int:
     """Empty the bucket (every object version) and delete it; returns how many were deleted."""
-    deleted = 0
-    with translated(f"emptying s3://{bucket}"):
-        paginator = aws.s3.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=bucket):
-            batch = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                     for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-            for start in range(0, len(batch), 1000):
-                chunk = batch[start:start + 1000]
-                result = aws.s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
-                if result.get("Errors"):
-                    first = result["Errors"][0]
-                    raise InfrastructureError("s3", f"emptying s3://{bucket}: {first.get('Key')}: "
-                                              f"{first.get('Code')} {first.get('Message')}")
-                deleted += len(chunk)
-    with translated(f"deleting s3://{bucket}"):
-        aws.s3.delete_bucket(Bucket=bucket)
-    return deleted
+    return s3api.delete_bucket(aws.s3, bucket)

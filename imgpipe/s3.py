@@ -251,6 +251,43 @@ def delete_keys(s3, bucket: str, keys: list[str]) -> None:
                       _kind(first.get("Code", ""), None))
 
 
+def count_objects(s3, bucket: str, limit: int = 10_000) -> tuple[int, bool] | None:
+    """(objects in the bucket, more than `limit`), or None when the bucket does not exist."""
+    count = 0
+    try:
+        with errors("listing", bucket):
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                count += page.get("KeyCount", 0)
+                if count >= limit:
+                    return count, True
+    except S3Error as exc:
+        if exc.missing_bucket:
+            return None
+        raise
+    return count, False
+
+
+def delete_bucket(s3, bucket: str) -> int:
+    """Empty the bucket (every object version and delete marker) and delete it; returns how many
+    versions were deleted."""
+    deleted = 0
+    with errors("emptying", bucket):
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            batch = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                     for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            for start in range(0, len(batch), 1000):
+                chunk = batch[start:start + 1000]
+                response = s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+                if response.get("Errors"):
+                    first = response["Errors"][0]
+                    raise S3Error("emptying", bucket, first.get("Key", ""), first.get("Code", ""),
+                                  first.get("Message", ""), _kind(first.get("Code", ""), None))
+                deleted += len(chunk)
+    with errors("deleting", bucket):
+        s3.delete_bucket(Bucket=bucket)
+    return deleted
+
+
 def ensure_bucket(s3, bucket: str, region: str) -> bool:
     """Create the bucket unless it exists; True when this call created it."""
     with errors("listing buckets of", bucket):

@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> int:
-        settings = load_settings(require_meili_key=True)
+        settings = load_settings()
+        if not settings.reading_key:  # the readers' key (search, documents.get) is all it needs
+            raise UserError("invalid settings:\n  - MEILI_SEARCH_KEY (a key that may read documents) or "
+                            "MEILI_ADMIN_KEY is not set; `make up` generates them for the local stack")
         if args.index:
             settings = settings.with_overrides(meili_index=args.index)
         if args.page_size < 1:
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             if exc.kind == NOT_FOUND:
                 raise UserError(f"MeiliSearch has no index {settings.meili_index!r} (MEILI_INDEX); "
                                 "run the consumer first or pick another") from None
-            raise meili.as_user_error(exc, "MEILI_ADMIN_KEY, or a key with documents.get") from None
+            raise meili.as_user_error(exc, "MEILI_SEARCH_KEY with documents.get, or MEILI_ADMIN_KEY") from None
         where = str(args.out)
         if args.upload:
             where += " and " + upload(settings, args.out, args.s3_key)

@@ -15,6 +15,7 @@ Exit status: 0 success, 1 the job failed (reason on stderr), 2 usage error.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ JOBS = ("summary", "duplicates")
 
 def build_parser():
     from mapreduce.duplicates_reducer import DEFAULT_MAX_BUCKET, DEFAULT_THRESHOLD, MAX_THRESHOLD
-    from mapreduce.runners.emr import DEFAULT_INSTANCE_TYPE, DEFAULT_RELEASE_LABEL
+    from mapreduce.runners.emr import (DEFAULT_INSTANCE_TYPE, DEFAULT_JOB_FLOW_ROLE, DEFAULT_RELEASE_LABEL,
+                                       DEFAULT_SERVICE_ROLE)
 
     p = cli.parser("python mapreduce/run_job.py", __doc__, [
         "python mapreduce/run_job.py --runner pipe --input out/image_metadata.csv --output out/summary",
@@ -76,6 +78,14 @@ def build_parser():
                      help="create a 1 master + 1 core cluster for this job and terminate it afterwards")
     emr.add_argument("--release-label", default=DEFAULT_RELEASE_LABEL, help="EMR release of a created cluster")
     emr.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE, help="instance type of a created cluster")
+    emr.add_argument("--service-role", default=os.environ.get("EMR_SERVICE_ROLE") or DEFAULT_SERVICE_ROLE,
+                     help="EMR service role of a created cluster (env EMR_SERVICE_ROLE; `python -m deploy` "
+                     "output EmrServiceRole)")
+    emr.add_argument("--job-flow-role", default=os.environ.get("EMR_JOB_FLOW_ROLE") or DEFAULT_JOB_FLOW_ROLE,
+                     help="instance profile of a created cluster's nodes (env EMR_JOB_FLOW_ROLE; deploy "
+                     "output EmrJobFlowRole)")
+    emr.add_argument("--subnet-id", default=os.environ.get("EMR_SUBNET_ID") or None,
+                     help="subnet of a created cluster, default EMR's (env EMR_SUBNET_ID; deploy output EmrSubnetId)")
     emr.add_argument("--s3-prefix", help="S3 folder of this run in S3_BUCKET (default emr/runs/<time>-<id>/)")
     emr.add_argument("--poll-seconds", type=float, default=15.0, help="seconds between step status checks")
     emr.add_argument("--timeout-minutes", type=float, default=180.0, help="give up waiting after this long")
@@ -148,6 +158,8 @@ def run(args) -> JobResult:
 
     options = EmrOptions(cluster_id=args.cluster_id, create_cluster=args.create_cluster,
                          release_label=args.release_label, instance_type=args.instance_type,
+                         service_role=args.service_role, job_flow_role=args.job_flow_role,
+                         subnet_id=args.subnet_id,
                          s3_prefix=args.s3_prefix, poll_seconds=args.poll_seconds,
                          timeout_seconds=args.timeout_minutes * 60)
     return run_emr(spec, settings, options)

@@ -10,9 +10,9 @@ import secrets
 import shutil
 from pathlib import Path
 
-from imgpipe import meili
+from imgpipe import access
 from imgpipe.settings import REPO_ROOT, Settings, load_settings
-from stack.services import S3, Service, StackError, Status, all_services
+from stack.services import S3, MeiliSearch, Service, StackError, Status, all_services
 
 log = logging.getLogger("stack")
 
@@ -51,28 +51,36 @@ def ensure_s3_keys(settings: Settings, env_file: Path = ENV_FILE) -> None:
             log.info("generated %s for the local S3 server in %s", name, env_file)
 
 
+# The local stack's keys also cover the indexes the tests (test_<id>) and the benchmarks
+# (bench_<id>) make, each created first by their harness with the master key, as set-up does.
+LOCAL_INDEX_PATTERNS = ("test_*", "bench_*")
+
+
+def local_key_indexes(settings: Settings) -> list[str]:
+    return [settings.meili_index, *(p for p in LOCAL_INDEX_PATTERNS if p != settings.meili_index)]
+
+
 def ensure_api_keys(settings: Settings, env_file: Path = ENV_FILE) -> Settings:
-    """Store MeiliSearch's default admin and search-only keys in .env, so that indexing and
-    reading never need the master key."""
+    """The local MeiliSearch's set-up, once per `make up`: MEILI_INDEX with its settings, and the
+    consumer's and the readers' keys (imgpipe/access.py), limited to MEILI_INDEX, test_* and
+    bench_*, stored in .env as MEILI_ADMIN_KEY and MEILI_SEARCH_KEY, so that indexing and reading
+    never use the master key. A MeiliSearch elsewhere keeps the keys it was given."""
     from dotenv import dotenv_values, set_key
 
-    if settings.meili_admin_key and settings.meili_search_key:
+    if not settings.meili_master_key or not MeiliSearch(settings).is_local:
         return settings
-    with meili.errors("listing the API keys", settings):
-        keys = meili.client(settings, key=settings.meili_master_key).get_keys({"limit": 100}).results
-    by_name = {k.name: k.key for k in keys}
-    admin = settings.meili_admin_key or by_name.get("Default Admin API Key", "")
-    search = settings.meili_search_key or by_name.get("Default Search API Key", "")
+    keys = access.set_up(settings, settings.meili_master_key, local_key_indexes(settings))
     on_file = dotenv_values(env_file) if env_file.exists() else {}
     # Only remember keys of the server .env describes: settings that came from the environment
     # (a second stack, a test) must not overwrite the keys of the main one.
     if (on_file.get("MEILI_URL", "").rstrip("/") == settings.meili_url
             and on_file.get("MEILI_MASTER_KEY") == settings.meili_master_key):
-        if admin and not settings.meili_admin_key:
-            set_key(str(env_file), "MEILI_ADMIN_KEY", admin, quote_mode="never")
-        if search and not settings.meili_search_key:
-            set_key(str(env_file), "MEILI_SEARCH_KEY", search, quote_mode="never")
-    return settings.with_overrides(meili_admin_key=admin, meili_search_key=search)
+        for setting, value in (("MEILI_ADMIN_KEY", keys.consumer), ("MEILI_SEARCH_KEY", keys.reader)):
+            if on_file.get(setting) != value:
+                set_key(str(env_file), setting, value, quote_mode="never")
+                log.info("stored the %s key in %s (%s)", "consumer's" if setting == "MEILI_ADMIN_KEY"
+                         else "readers'", env_file, setting)
+    return settings.with_overrides(meili_admin_key=keys.consumer, meili_search_key=keys.reader)
 
 
 def ensure_running() -> tuple[Settings, list[Service]]:

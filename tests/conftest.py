@@ -42,8 +42,10 @@ def unique() -> str:
 @pytest.fixture
 def settings(stack: Settings, unique: str) -> Settings:
     """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes, all
-    deleted afterwards."""
-    from imgpipe import kafka
+    deleted afterwards. The index is made as every set-up makes it (imgpipe/access.py, with the
+    master key, less the embedder): the stack's consumer key may write to test_* indexes but not create or delete
+    them; tests that need more administer with `admin(settings)` (tests/helpers.py)."""
+    from imgpipe import access, kafka
 
     isolated = stack.with_overrides(
         kafka_topic=f"test-{unique}", kafka_dead_letter_topic=f"test-{unique}-dlq",
@@ -51,11 +53,13 @@ def settings(stack: Settings, unique: str) -> Settings:
         s3_raw_prefix=f"test-{unique}/raw/", s3_processed_prefix=f"test-{unique}/processed/",
         kafka_topic_partitions=3)
     kafka.ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
+    # Without the embedder: a test may add documents without descriptors; the consumer adds it.
+    access.prepare_index(isolated, isolated.meili_master_key, isolated.meili_index, embedder=False)
     yield isolated
     from imgpipe import meili
 
     try:
-        meili.delete_index(isolated, isolated.meili_index)
+        meili.delete_index(isolated, isolated.meili_index, key=isolated.meili_master_key)
     except Exception:  # the test may have stopped MeiliSearch
         pass
     try:

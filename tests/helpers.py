@@ -11,8 +11,14 @@ from fixtures.images import encode, gradient_pattern
 from imgpipe import kafka, meili, s3
 from imgpipe.settings import REPO_ROOT, Settings, to_env
 
-__all__ = ["all_documents", "encode", "gradient_pattern", "read_topic", "run_script", "script_env",
+__all__ = ["admin", "all_documents", "encode", "gradient_pattern", "read_topic", "run_script", "script_env",
            "start_script", "upload", "wait_for"]
+
+
+def admin(settings: Settings) -> Settings:
+    """The same settings indexing with the master key: for a test's own set-up and checks (create or
+    delete an index, read its stats), which the stack's least-privilege consumer key may not do."""
+    return settings.with_overrides(meili_admin_key=settings.meili_master_key)
 
 
 def script_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -41,8 +47,8 @@ def upload(settings: Settings, objects: dict[str, bytes]) -> list[str]:
 
 
 def all_documents(settings: Settings) -> list[dict]:
-    """Every document of the settings' index, read with the indexing key (without `_` fields)."""
-    reader = meili.DocumentReader(settings, settings.meili_index, key=settings.indexing_key)
+    """Every document of the settings' index, read with the master key (without `_` fields)."""
+    reader = meili.DocumentReader(settings, settings.meili_index, key=settings.meili_master_key or settings.indexing_key)
     return [{k: v for k, v in d.items() if not k.startswith("_")} for d in reader]
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def provisioned(stack, unique, tmp_path):
     index = f"test_deploy_{unique}"
-    consumer_key, reader_key = provision.provision_meili(stack.meili_url, stack.meili_master_key, index)
+    consumer_key, reader_key = provision.provision_meili(stack.with_overrides(meili_index=index))
     master = meilisearch.Client(stack.meili_url, stack.meili_master_key)
     yield {"index": index, "consumer": consumer_key, "reader": reader_key, "master": master}
     for key in master.get_keys({"limit": 1000}).results:
@@ -48,13 +48,14 @@ def test_the_index_exists_with_its_settings_and_the_keys_are_made_once(stack, pr
     settings = index.get_settings()
     assert sorted(settings["filterableAttributes"]) == sorted(INDEX_SETTINGS["filterableAttributes"])
     assert sorted(settings["sortableAttributes"]) == sorted(INDEX_SETTINGS["sortableAttributes"])
+    assert "image" in settings.get("embedders", {})  # the descriptor's embedder, before any consumer starts
     keys = {k.name: k for k in master.get_keys({"limit": 1000}).results}
     consumer = keys[f"imgpipe consumer of {provisioned['index']}"]
     assert sorted(consumer.actions) == sorted(provision.CONSUMER_ACTIONS)
     assert consumer.indexes == [provisioned["index"]] and consumer.expires_at is None
-    assert keys[f"imgpipe readers of {provisioned['index']}"].actions == provision.READER_ACTIONS
+    assert sorted(keys[f"imgpipe reader of {provisioned['index']}"].actions) == sorted(provision.READER_ACTIONS)
     # A second set-up finds the same keys: nothing to hand out again.
-    assert provision.provision_meili(stack.meili_url, stack.meili_master_key, provisioned["index"]) == (
+    assert provision.provision_meili(stack.with_overrides(meili_index=provisioned["index"])) == (
         provisioned["consumer"], provisioned["reader"])
 
 
@@ -79,7 +80,7 @@ def test_the_consumers_indexer_works_with_its_key_and_the_key_does_nothing_else(
 def test_the_readers_key_searches_and_reads_documents_but_cannot_write(stack, provisioned):
     index = provisioned["index"]
     master = provisioned["master"]
-    master.wait_for_task(master.index(index).add_documents([{"id": "a" * 64, "file_name": "cat.jpg"}]).task_uid)
+    master.wait_for_task(master.index(index).add_documents([{"id": "a" * 64, "file_name": "cat.jpg", "_vectors": {"image": None}}]).task_uid)
     reader = meilisearch.Client(stack.meili_url, provisioned["reader"])
     assert [hit["file_name"] for hit in reader.index(index).search("cat")["hits"]] == ["cat.jpg"]
     assert reader.index(index).get_documents({"limit": 10}).total == 1
@@ -147,3 +148,34 @@ def test_the_meilisearch_units_command_line_starts_the_real_server(stack, tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_consumer_whose_index_was_never_set_up_says_so_in_one_line(stack, provisioned):
+    """The consumer's key may not create indexes: without the set-up, the consumer stops at
+    start with what to do (exit 2 in the script), instead of retrying forever."""
+    from imgpipe.errors import UserError
+
+    provisioned["master"].wait_for_task(provisioned["master"].delete_index(provisioned["index"]).task_uid)
+    settings = stack.with_overrides(meili_index=provisioned["index"], meili_admin_key=provisioned["consumer"],
+                                    meili_master_key="")
+    with pytest.raises(UserError, match="does not exist and the consumer's key may not create it: run the set-up"):
+        Indexer(settings, threading.Event()).ensure_index()
+
+
+def test_the_hosts_readers_key_alone_runs_search_and_the_csv_export(stack, provisioned, tmp_path, monkeypatch,
+                                                                    capsys):
+    """What `imgpipe-run` gives the login user on the host: the readers' key, no other."""
+    from mapreduce import export_csv
+    from visualize import search
+
+    master = provisioned["master"]
+    done = master.wait_for_task(master.index(provisioned["index"]).add_documents(
+        [{"id": "a" * 64, "file_name": "cat.jpg", "key": "raw/cat.jpg", "_vectors": {"image": None}}]).task_uid)
+    assert done.status == "succeeded", done.error
+    for name, value in (("MEILI_MASTER_KEY", ""), ("MEILI_ADMIN_KEY", ""), ("MEILI_SEARCH_KEY", provisioned["reader"]),
+                        ("MEILI_INDEX", provisioned["index"]), ("MEILI_URL", stack.meili_url)):
+        monkeypatch.setenv(name, value)
+    assert export_csv.main(["--out", str(tmp_path / "m.csv")]) == 0, capsys.readouterr().err
+    assert "exported 1 documents" in capsys.readouterr().out
+    assert search.main(["cat"]) == 0
+    assert "cat.jpg" in capsys.readouterr().out

@@ -18,7 +18,9 @@ SUB_VALUES = {"AWS::StackName": "imgpipe", "AWS::Region": "us-east-1", "GitRef":
               "RepositoryUrl": "https://example.org/imgpipe.git", "ImageBucket": "imgpipe-123-us-east-1-abc",
               "RawPrefix": "raw/", "ProcessedPrefix": "processed/",
               "EventQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
-              "SetupWaitHandle": "https://cloudformation-waitcondition-us-east-1.s3.amazonaws.com/x?sig=1"}
+              "SetupWaitHandle": "https://cloudformation-waitcondition-us-east-1.s3.amazonaws.com/x?sig=1",
+              "EmrServiceRole": "imgpipe-EmrServiceRole-1", "EmrInstanceProfile": "imgpipe-EmrInstanceProfile-1",
+              "PublicSubnet": "subnet-0123"}
 
 
 @pytest.fixture(scope="module")

@@ -197,6 +197,66 @@ def test_waiting_returns_a_completed_step_and_gives_up_after_the_timeout():
                               clock=lambda: next(ticks))
 
 
+def test_create_cluster_takes_the_deploys_roles_and_subnet_from_the_environment(aws, tmp_path, monkeypatch,
+                                                                              capsys):
+    """On the deploy's host pipeline.env sets EMR_SERVICE_ROLE, EMR_JOB_FLOW_ROLE and EMR_SUBNET_ID
+    (the stack's outputs EmrServiceRole, EmrJobFlowRole, EmrSubnetId): a created cluster uses them
+    and carries the tag AmazonEMRServicePolicy_v2 requires, besides the host role's created-by."""
+    created = []
+    real_client = emr.emr_client
+
+    def client(settings):
+        c = real_client(settings)
+        original = c.run_job_flow
+
+        def run_job_flow(**kwargs):
+            created.append(kwargs)
+            return original(**kwargs)
+        c.run_job_flow = run_job_flow
+        return c
+    monkeypatch.setattr(emr, "emr_client", client)
+    backend = emr_backends[ACCOUNT][REGION]
+    original_describe = type(backend).describe_step
+
+    def describe_step(self, cluster_id, step_id):  # the cluster runs the step at once
+        finish_step(cluster_id, {"part-00000": "identity\tline\n"})(0)
+        return original_describe(self, cluster_id, step_id)
+    monkeypatch.setattr(type(backend), "describe_step", describe_step)
+    for name, value in (("S3_ENDPOINT_URL", ""), ("S3_BUCKET", BUCKET), ("AWS_REGION", REGION),
+                        ("EMR_SERVICE_ROLE", "imgpipe-EmrServiceRole-ABC"),
+                        ("EMR_JOB_FLOW_ROLE", "imgpipe-EmrInstanceProfile-DEF"), ("EMR_SUBNET_ID", "subnet-0123")):
+        monkeypatch.setenv(name, value)
+    code = run_job.main(["--runner", "emr", "--create-cluster", "--identity", "--input",
+                         f"s3://{BUCKET}/data/image_metadata.csv", "--output", str(tmp_path / "out"),
+                         "--poll-seconds", "0", "--s3-prefix", PREFIX])
+    assert code == 0, capsys.readouterr().err
+    [request] = created
+    assert (request["ServiceRole"], request["JobFlowRole"]) == ("imgpipe-EmrServiceRole-ABC",
+                                                                "imgpipe-EmrInstanceProfile-DEF")
+    assert request["Instances"]["Ec2SubnetId"] == "subnet-0123"
+    assert {"Key": "created-by", "Value": "imgpipe mapreduce/run_job.py"} in request["Tags"]
+    assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in request["Tags"]
+    # Options win over the environment.
+    help_text = run_job.build_parser().format_help()
+    assert "EMR_SERVICE_ROLE" in help_text and "EMR_JOB_FLOW_ROLE" in help_text and "EMR_SUBNET_ID" in help_text
+
+
+def test_the_deploys_host_hands_its_emr_outputs_to_run_job():
+    """The template writes the three outputs' values into the host's deploy.env, setup.sh copies
+    them into pipeline.env, which imgpipe-run loads."""
+    from deploy.cloudformation import load_template
+    from imgpipe.settings import REPO_ROOT
+
+    template = load_template()
+    user_data = template["Resources"]["Host"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    outputs = template["Outputs"]
+    for variable, output in (("EMR_SERVICE_ROLE", "EmrServiceRole"), ("EMR_JOB_FLOW_ROLE", "EmrJobFlowRole"),
+                             ("EMR_SUBNET_ID", "EmrSubnetId")):
+        resource = outputs[output]["Value"]["Ref"]
+        assert f"{variable}=${{{resource}}}" in user_data
+        assert f"{variable}=${variable}" in (REPO_ROOT / "deploy/host/setup.sh").read_text()
+
+
 def test_cli_exits_1_with_the_reason_of_a_failed_step(aws, tmp_path, monkeypatch, capsys):
     """End to end through run_job.main: the step fails on the cluster; nothing is downloaded."""
     cluster_id = running_cluster()

@@ -12,6 +12,7 @@ from imgpipe.document import FIELDS
 from mapreduce import export_csv
 from fixtures.documents import sample_documents
 from fixtures.keys import CSV_BREAKING_KEYS
+from tests.helpers import admin
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +59,14 @@ def test_export_reads_every_page_of_a_large_index(settings, tmp_path):
     index_documents(settings, documents)
     out = tmp_path / "image_metadata.csv"
     rows, total, key_used = export_csv.export(settings, out, show_progress=False)
-    stats = meili.client(settings).index(settings.meili_index).get_stats()
+    stats = meili.client(admin(settings)).index(settings.meili_index).get_stats()
     assert rows == total == stats.number_of_documents == 2500
     exported = read_rows(out)
     assert len(exported) == 2500
     assert {r["id"] for r in exported} == {d["id"] for d in documents}
     assert list(exported[0]) == list(FIELDS)
-    # The default search key may only search, so the export fell back to the admin key.
-    assert key_used == "documents API (admin key)"
+    # The readers' key may read documents (imgpipe/access.py): no other key is needed.
+    assert key_used == "documents API (search key)"
     by_id = {r["id"]: r for r in exported}
     for doc in documents[:len(CSV_BREAKING_KEYS)]:
         assert by_id[doc["id"]]["key"] == export_csv.cell(doc["key"])
@@ -103,7 +104,7 @@ def test_cli_exports_and_uploads_to_s3(settings, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_names_a_missing_index_in_one_line(settings, tmp_path, capsys):
-    code = export_csv.main(["--out", str(tmp_path / "x.csv"), "--index", f"missing_{uuid.uuid4().hex[:8]}"])
+    code = export_csv.main(["--out", str(tmp_path / "x.csv"), "--index", f"test_missing_{uuid.uuid4().hex[:8]}"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: MeiliSearch has no index") and "\n" not in err

@@ -10,7 +10,7 @@ import pytest
 from consumer.indexer import Indexer
 from fixtures.documents import sample_documents
 from imgpipe import meili
-from tests.helpers import all_documents, run_script
+from tests.helpers import admin, all_documents, run_script
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,8 @@ def start_up(settings, **env):
 
 
 def test_an_index_keyed_by_another_field_stops_the_consumer_with_exit_2(settings):
-    client = meili.client(settings)
+    client = meili.client(admin(settings))  # made by someone else than the set-up, keyed otherwise
+    meili.delete_index(admin(settings), settings.meili_index)
     meili.wait_for_task(client, settings, client.create_index(settings.meili_index, {"primaryKey": "key"}).task_uid,
                         "creating")
     result = start_up(settings)
@@ -46,10 +47,14 @@ def test_an_index_keyed_by_another_field_stops_the_consumer_with_exit_2(settings
 
 
 @pytest.mark.parametrize("env, says", [
-    ({"MEILI_INDEX": "not a valid name!"}, "refused index 'not a valid name!' (MEILI_INDEX): invalid_index_uid"),
+    # With a key allowed on every index (the master key), so that MeiliSearch judges the name itself;
+    # the stack's consumer key is refused any index outside its own first (the case below).
+    ({"MEILI_INDEX": "not a valid name!", "MEILI_ADMIN_KEY": "MASTER"},
+     "refused index 'not a valid name!' (MEILI_INDEX): invalid_index_uid"),
     ({"MEILI_ADMIN_KEY": "x" * 40}, "refused the indexing key (MEILI_ADMIN_KEY, else MEILI_MASTER_KEY)"),
 ])
 def test_a_misconfiguration_found_at_start_up_is_one_line_and_exit_2(settings, env, says):
+    env = {name: settings.meili_master_key if value == "MASTER" else value for name, value in env.items()}
     result = start_up(settings, **env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -87,7 +87,7 @@ def test_bad_filter_is_one_line_and_exit_2(settings, docs):
      "error: invalid sort: Index `{index}`: Attribute `dominant_color` is not sortable"),
     (["--filter", "file_name = x"],
      "error: invalid filter: Index `{index}`: Attribute `file_name` is not filterable"),
-    (["--index", "no_such_index_zz"], "error: no such index: Index `no_such_index_zz` not found."),
+    (["--index", "test_no_such_index_zz"], "error: no such index: Index `test_no_such_index_zz` not found."),
     (["--limit", "0"], "error: --limit must be at least 1"),
 ])
 def test_wrong_requests_exit_2(settings, docs, env, capsys, argv, message):

@@ -47,24 +47,66 @@ def test_no_secret_reaches_the_logs_even_in_debug_mode(settings):
             assert secret not in output, f"{script} printed a key"
 
 
+def refused(settings, call) -> bool:
+    """Did MeiliSearch refuse this call for its key (401/403)?"""
+    from imgpipe import meili
+
+    try:
+        with meili.errors("trying", settings):
+            call()
+    except meili.MeiliError as exc:
+        return exc.kind == "denied"
+    return False
+
+
 @pytest.mark.integration
-def test_the_search_key_cannot_read_documents_or_manage_keys(settings):
+def test_the_readers_key_reads_and_does_nothing_else(settings):
     from imgpipe import meili
 
     client = meili.search_client(settings)
-    with pytest.raises(meili.MeiliError) as err, meili.errors("listing keys", settings):
-        client.get_keys()
-    assert err.value.status in (401, 403)
     index = client.index(settings.meili_index)
-    with pytest.raises(meili.MeiliError) as err, meili.errors("reading documents", settings):
-        index.get_documents()
-    assert err.value.kind == "denied"
+    assert index.search("")["hits"] == [] and index.get_documents().total == 0  # search, documents.get
+    assert refused(settings, client.get_keys)
+    assert refused(settings, lambda: index.add_documents([{"id": "x"}]))
+    assert refused(settings, lambda: index.delete_documents(["x"]))
+    assert refused(settings, lambda: index.update_settings({"sortableAttributes": []}))
+    assert refused(settings, lambda: client.create_index(f"{settings.meili_index}_other"))
+    assert refused(settings, lambda: client.delete_index(settings.meili_index))
+    assert refused(settings, lambda: client.index("image_metadata_elsewhere").search(""))  # not its index
 
 
 @pytest.mark.integration
-def test_indexing_uses_the_admin_key_and_reading_the_search_key(stack):
-    assert stack.meili_admin_key and stack.indexing_key == stack.meili_admin_key != stack.meili_master_key
-    assert stack.meili_search_key and stack.reading_key == stack.meili_search_key
+def test_the_consumers_key_writes_its_indexes_and_does_nothing_else(settings):
+    from imgpipe import meili
+
+    client = meili.client(settings)
+    index = client.index(settings.meili_index)
+    task = index.add_documents([{"id": "x", "_vectors": {"image": None}}])
+    meili.wait_for_task(client, settings, task.task_uid, "adding", settings.meili_index)  # documents.add, tasks.get
+    assert refused(settings, lambda: index.search(""))
+    assert refused(settings, index.get_documents)
+    assert refused(settings, client.get_keys)
+    assert refused(settings, lambda: client.create_index(f"{settings.meili_index}_other"))
+    assert refused(settings, lambda: client.delete_index(settings.meili_index))
+    assert refused(settings, lambda: client.index("image_metadata_elsewhere").add_documents([{"id": "y"}]))
+
+
+@pytest.mark.integration
+def test_the_local_stack_hands_out_least_privilege_keys(stack):
+    """`make up` (stack/lifecycle.py) keeps in .env the consumer's and the readers' keys of
+    imgpipe/access.py, limited to MEILI_INDEX and the tests' and benchmarks' indexes: never the
+    master key, nor MeiliSearch's default admin key, which may do anything to every index."""
+    from imgpipe import access, meili
+    from stack.lifecycle import LOCAL_INDEX_PATTERNS
+
+    assert stack.indexing_key == stack.meili_admin_key != stack.meili_master_key
+    assert stack.reading_key == stack.meili_search_key != stack.meili_master_key
+    keys = {k.key: k for k in meili.client(stack, key=stack.meili_master_key).get_keys({"limit": 1000}).results}
+    for key, actions in ((stack.meili_admin_key, access.CONSUMER_ACTIONS),
+                         (stack.meili_search_key, access.READER_ACTIONS)):
+        assert sorted(keys[key].actions) == sorted(actions)
+        assert keys[key].indexes == [stack.meili_index, *LOCAL_INDEX_PATTERNS]
+        assert keys[key].expires_at is None
 
 
 def test_the_local_s3_server_is_never_started_without_keys(tmp_path, monkeypatch):

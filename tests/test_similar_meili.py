@@ -25,8 +25,7 @@ def wait(client, task) -> None:
 def similar_index(settings):
     """An index with the pipeline's settings plus the embedder, holding the collection: ids
     `{group}-{kind}`, each document with its descriptor in `_vectors`."""
-    client = meili.client(settings)
-    wait(client, client.create_index(settings.meili_index, {"primaryKey": "id"}))
+    client = meili.client(settings)  # the fixture made the index; the consumer's key sets its settings
     index = client.index(settings.meili_index)
     wait(client, index.update_settings({**INDEX_SETTINGS, "embedders": EMBEDDERS}))
     documents = [{"id": f"{group}-{kind}", "key": f"raw/{group}/{kind}.jpg", "group": group,
@@ -86,7 +85,6 @@ def test_a_document_without_vectors_fails_the_whole_batch(settings):
     # Why every document must carry `_vectors` once the embedder is set: one without fails the
     # batch's task, and the consumer retries a failed batch like an outage.
     client = meili.client(settings)
-    wait(client, client.create_index(settings.meili_index, {"primaryKey": "id"}))
     index = client.index(settings.meili_index)
     wait(client, index.update_settings({"embedders": EMBEDDERS}))
     vector = descriptor_of(collection()[0][2])
@@ -96,6 +94,6 @@ def test_a_document_without_vectors_fails_the_whole_batch(settings):
     task = index.add_documents([{"id": "with", "_vectors": {EMBEDDER: vector}},
                                 {"id": "opted-out", "_vectors": {EMBEDDER: None}}])
     wait(client, task)
-    assert index.get_stats().number_of_documents == 2
+    assert meili.document_count(settings, settings.meili_index) == 2
     search = meili.search_client(settings).index(settings.meili_index)
     assert search.get_similar_documents({"id": "opted-out", "embedder": EMBEDDER})["hits"] == []

@@ -14,6 +14,7 @@ from PIL import Image
 from imgpipe import meili, s3
 from imgpipe.document import FIELDS
 from imgpipe.settings import Settings
+from tests.helpers import admin
 from tests.test_visualize_data import (BASE_TIME, PYTHON, REPO, index_documents, make_doc, script_env, search_only,
                                       upload_thumbnails)
 from visualize import charts
@@ -165,10 +166,18 @@ def test_every_document_is_read_with_the_search_key_past_max_total_hits(settings
     index_documents(settings, docs)
     assert len(docs) == 2503 > meili.PAGE_SIZE
 
-    reader = search_only(settings)
-    progress = []
-    documents = meili.DocumentReader(reader, reader.meili_index, on_progress=progress.append)
-    got = list(documents)
+    # A key that may only search (as MeiliSearch's default search key), not read documents: the
+    # reader walks the index by search alone.
+    master = meili.client(settings, key=settings.meili_master_key)
+    key = master.create_key({"name": f"test search only {settings.meili_index}", "actions": ["search"],
+                             "indexes": [settings.meili_index], "expiresAt": None})
+    try:
+        reader = search_only(settings.with_overrides(meili_search_key=key.key))
+        progress = []
+        documents = meili.DocumentReader(reader, reader.meili_index, on_progress=progress.append)
+        got = list(documents)
+    finally:
+        master.delete_key(key.key)
     assert documents.method == "search (keyset, search key)"
     assert sorted(d["id"] for d in got) == sorted(d["id"] for d in docs)
     by_id = {d["id"]: d for d in got}
@@ -321,6 +330,8 @@ def test_csv_input_gives_the_same_charts(settings, known_index, tmp_path, monkey
 def test_empty_or_missing_index_exits_0_with_a_message(settings, tmp_path, monkeypatch, capsys, create):
     if create:
         index_documents(settings, [])
+    else:  # the fixture made it, as every set-up does
+        meili.delete_index(admin(settings), settings.meili_index)
     for name, value in script_env(settings).items():
         monkeypatch.setenv(name, value)
     code = main(["--out", str(tmp_path / "out")])

@@ -53,10 +53,8 @@ def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float |
 
 
 def index_documents(settings, docs: list[dict], apply_settings: bool = True) -> None:
-    """Create the isolated index with INDEX_SETTINGS (as the consumer would) and add `docs`."""
+    """Apply INDEX_SETTINGS to the isolated index (as the consumer would) and add `docs`."""
     client = meili.client(settings)
-    task = client.create_index(settings.meili_index, {"primaryKey": "id"})
-    client.wait_for_task(task.task_uid, timeout_in_ms=30000)
     index = client.index(settings.meili_index)
     if apply_settings:
         done = client.wait_for_task(index.update_settings(INDEX_SETTINGS).task_uid, timeout_in_ms=60000)

@@ -1,10 +1,11 @@
-"""One-time set-up on the host, run as root by deploy/host/setup.sh (idempotent).
+"""One-time set-up, run by the AWS host's deploy/host/setup.sh (as root) and by docker compose's
+`meili-setup` service (idempotent).
 
 `meili`: with the master key (from the environment, never argv), create the index with its
-settings and two keys limited to that index: the consumer's (write documents, read tasks and
-settings) and the readers' (search and read documents: visualize/, export_csv.py). Each key
-goes into an env file only its users can read. The master key is not written anywhere else,
-and no service gets it.
+settings and two keys limited to that index (imgpipe/access.py says what each may do): the
+consumer's (write documents, read tasks and settings) and the readers' (search and read
+documents: visualize/, export_csv.py). Each key goes into an env file only its users can read.
+The master key is not written anywhere else, and no service gets it.
 `topics`: create the Kafka topics (the producer refuses to start without them).
 
     MEILI_MASTER_KEY=... python deploy/host/provision.py meili --consumer-env /etc/imgpipe/consumer.env \
@@ -18,22 +19,18 @@ import grp
 import os
 import pwd
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from imgpipe import cli
-from imgpipe.document import INDEX_SETTINGS
-from imgpipe.errors import InfrastructureError, UserError
+from imgpipe import access, cli
+from imgpipe.errors import UserError
 from imgpipe.settings import load_settings
 
-# What each key may do, on its one index. settings.update is there because consumer/indexer.py
-# re-applies INDEX_SETTINGS at every start; it can go once the consumer compares them first.
-CONSUMER_ACTIONS = ["documents.add", "documents.delete", "tasks.get", "indexes.get", "settings.get",
-                    "settings.update"]
-READER_ACTIONS = ["search", "documents.get"]
+# What each key may do, on its one index (imgpipe/access.py explains why).
+CONSUMER_ACTIONS = list(access.CONSUMER_ACTIONS)
+READER_ACTIONS = list(access.READER_ACTIONS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,60 +62,21 @@ def main(argv: list[str] | None = None) -> int:
             return cli.EXIT_OK
         if not settings.meili_master_key:
             raise UserError("MEILI_MASTER_KEY is not set (setup.sh reads it from /etc/imgpipe/meilisearch.env)")
-        consumer_key, reader_key = provision_meili(settings.meili_url, settings.meili_master_key,
-                                                   settings.meili_index, timeout=args.timeout)
-        write_env(args.consumer_env, {"MEILI_ADMIN_KEY": consumer_key}, mode=0o600, owner=args.consumer_owner)
-        write_env(args.reader_env, {"MEILI_SEARCH_KEY": reader_key}, mode=0o640, group=args.reader_group)
+        consumer_key, reader_key = provision_meili(settings, timeout=args.timeout)
+        write_env(args.consumer_env, {access.ROLE_SETTING["consumer"]: consumer_key}, mode=0o600,
+                  owner=args.consumer_owner)
+        write_env(args.reader_env, {access.ROLE_SETTING["reader"]: reader_key}, mode=0o640, group=args.reader_group)
         print(f"index {settings.meili_index} ready; keys in {args.consumer_env} and {args.reader_env}")
         return cli.EXIT_OK
 
     return cli.run(body)
 
 
-def provision_meili(url: str, master_key: str, index: str, timeout: float = 120.0) -> tuple[str, str]:
-    """Create the index and settings, and the two keys (once: found by name later); returns them."""
-    import meilisearch
-    from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError
-
-    client = meilisearch.Client(url, master_key, timeout=30)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.health()
-            break
-        except MeilisearchCommunicationError:
-            if time.monotonic() > deadline:
-                raise InfrastructureError("meilisearch", f"{url} did not answer within {timeout:.0f} s") from None
-            time.sleep(1)
-
-    def wait(task, what: str) -> None:
-        done = client.wait_for_task(task.task_uid, timeout_in_ms=int(timeout * 1000))
-        if done.status != "succeeded":
-            raise InfrastructureError("meilisearch", f"{what}: {done.status} {done.error}")
-
-    try:
-        try:
-            client.get_index(index)
-        except MeilisearchApiError as exc:
-            if exc.code != "index_not_found":
-                raise
-            wait(client.create_index(index, {"primaryKey": "id"}), f"creating index {index}")
-        wait(client.index(index).update_settings(INDEX_SETTINGS), f"applying the settings of {index}")
-        existing = {key.name: key for key in client.get_keys({"limit": 1000}).results}
-        keys = []
-        for name, actions in ((f"imgpipe consumer of {index}", CONSUMER_ACTIONS),
-                              (f"imgpipe readers of {index}", READER_ACTIONS)):
-            key = existing.get(name)
-            if key is not None and (sorted(key.actions) != sorted(actions) or key.indexes != [index]):
-                client.delete_key(key.uid)  # an older set-up gave it other rights: replace it
-                key = None
-            if key is None:
-                key = client.create_key({"name": name, "description": "created by deploy/host/provision.py",
-                                         "actions": actions, "indexes": [index], "expiresAt": None})
-            keys.append(key.key)
-    except MeilisearchApiError as exc:
-        raise InfrastructureError("meilisearch", f"set-up of {index}: {exc.code} {exc.message}") from None
-    return keys[0], keys[1]
+def provision_meili(settings, timeout: float = 120.0) -> tuple[str, str]:
+    """Create the index and settings, and the two keys limited to MEILI_INDEX (once: found by
+    name later); returns (consumer's key, readers' key)."""
+    keys = access.set_up(settings, settings.meili_master_key, [settings.meili_index], timeout=timeout)
+    return keys.consumer, keys.reader
 
 
 def write_env(path: Path, values: dict[str, str], mode: int, owner: str | None = None,

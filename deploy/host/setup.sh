@@ -72,7 +72,8 @@ text = string.Template(open(sys.argv[1]).read()).substitute(
     port=$KAFKA_PORT, controller_port=$KAFKA_CONTROLLER_PORT, data_dir="/var/lib/kafka/data", partitions=6)
 open(sys.argv[2], "w").write(text)
 EOF
-# Settings every pipeline process shares; no secret in it. S3_ENDPOINT_URL empty means real AWS.
+# Settings every pipeline process shares; no secret in it. S3_ENDPOINT_URL empty means real AWS;
+# EMR_* are the stack's roles and subnet for `run_job.py --runner emr --create-cluster`.
 cat > $ETC/pipeline.env <<EOF
 AWS_REGION=$AWS_REGION
 S3_ENDPOINT_URL=
@@ -80,6 +81,9 @@ S3_BUCKET=$S3_BUCKET
 S3_RAW_PREFIX=$S3_RAW_PREFIX
 S3_PROCESSED_PREFIX=$S3_PROCESSED_PREFIX
 SQS_QUEUE_URL=$SQS_QUEUE_URL
+EMR_SERVICE_ROLE=$EMR_SERVICE_ROLE
+EMR_JOB_FLOW_ROLE=$EMR_JOB_FLOW_ROLE
+EMR_SUBNET_ID=$EMR_SUBNET_ID
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
 MEILI_URL=$MEILI_URL
 EOF

@@ -29,6 +29,13 @@ DEFAULT_INSTANCE_TYPE = "m5.xlarge"
 STEP_DONE = "COMPLETED"
 STEP_FAILED = {"FAILED", "CANCELLED", "INTERRUPTED"}
 CLUSTER_GONE = {"TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"}
+# The roles `aws emr create-default-roles` makes; `python -m deploy` makes scoped ones instead
+# (its outputs EmrServiceRole, EmrJobFlowRole, EmrSubnetId: set on its host in pipeline.env).
+DEFAULT_SERVICE_ROLE = "EMR_DefaultRole"
+DEFAULT_JOB_FLOW_ROLE = "EMR_EC2_DefaultRole"
+# AmazonEMRServicePolicy_v2 (the deploy's service role) acts only on resources with this tag,
+# which EMR passes on to what it creates for the cluster; harmless with the default roles.
+MANAGED_POLICY_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
 
 
 @dataclass
@@ -37,6 +44,9 @@ class EmrOptions:
     create_cluster: bool = False
     release_label: str = DEFAULT_RELEASE_LABEL
     instance_type: str = DEFAULT_INSTANCE_TYPE
+    service_role: str = DEFAULT_SERVICE_ROLE
+    job_flow_role: str = DEFAULT_JOB_FLOW_ROLE  # an instance profile's name
+    subnet_id: str | None = None  # none: EMR's default (a default VPC's subnet)
     s3_prefix: str | None = None
     poll_seconds: float = 15.0
     timeout_seconds: float = 3 * 3600.0
@@ -81,9 +91,11 @@ def stage_step_definition(stage: Stage, *, number: int, of: int, input_uri: str,
     }
 
 
-def cluster_definition(*, release_label: str, instance_type: str, log_uri: str) -> dict:
+def cluster_definition(*, release_label: str, instance_type: str, log_uri: str,
+                       service_role: str = DEFAULT_SERVICE_ROLE, job_flow_role: str = DEFAULT_JOB_FLOW_ROLE,
+                       subnet_id: str | None = None) -> dict:
     """run_job_flow arguments of the smallest useful cluster: 1 master + 1 core node."""
-    return {
+    definition = {
         "Name": "imgpipe-mapreduce",
         "ReleaseLabel": release_label,
         "Applications": [{"Name": "Hadoop"}],
@@ -97,11 +109,15 @@ def cluster_definition(*, release_label: str, instance_type: str, log_uri: str) 
             "KeepJobFlowAliveWhenNoSteps": True,
             "TerminationProtected": False,
         },
-        "JobFlowRole": "EMR_EC2_DefaultRole",
-        "ServiceRole": "EMR_DefaultRole",
+        "JobFlowRole": job_flow_role,
+        "ServiceRole": service_role,
         "VisibleToAllUsers": True,
-        "Tags": [{"Key": "created-by", "Value": "imgpipe mapreduce/run_job.py"}],
+        # created-by: the deploy's host role may create and terminate only clusters tagged so.
+        "Tags": [{"Key": "created-by", "Value": "imgpipe mapreduce/run_job.py"}, dict(MANAGED_POLICY_TAG)],
     }
+    if subnet_id:
+        definition["Instances"]["Ec2SubnetId"] = subnet_id
+    return definition
 
 
 def failure_reason(step: dict) -> str:
@@ -251,12 +267,14 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
         log.info("uploaded the job to s3://%s/%s", bucket, prefix)
         if options.create_cluster:
             definition = cluster_definition(release_label=options.release_label, instance_type=options.instance_type,
-                                            log_uri=f"s3://{bucket}/{prefix}logs/")
+                                            log_uri=f"s3://{bucket}/{prefix}logs/", service_role=options.service_role,
+                                            job_flow_role=options.job_flow_role, subnet_id=options.subnet_id)
             with aws.errors("emr", "creating a cluster"):
                 cluster_id = emr.run_job_flow(**definition)["JobFlowId"]
             created = True
-            log.info("created EMR cluster %s (%s, 2 x %s); it is terminated when the job ends",
-                     cluster_id, options.release_label, options.instance_type)
+            log.info("created EMR cluster %s (%s, 2 x %s, roles %s and %s); it is terminated when the job ends",
+                     cluster_id, options.release_label, options.instance_type, options.service_role,
+                     options.job_flow_role)
         if chain:
             # One step per stage, each added when the one before completed: a failed stage
             # stops the chain, and the next never reads a half-written folder.
