@@ -127,6 +127,41 @@ def wait_for_task(meili_client, settings: Settings, task_uid: int, what: str, in
     return task
 
 
+# --- searching and counting with the search-only key ---------------------------------------------
+
+def search(settings: Settings, index: str, query: str = "", params: dict | None = None,
+           operation: str = "searching") -> dict:
+    """MeiliSearch's answer to one search of `index`, read with the search-only key."""
+    with errors(operation, settings, index):
+        return search_client(settings).index(index).search(query, dict(params or {}))
+
+
+@dataclass(frozen=True)
+class FacetCounts:
+    """What a placeholder search with `limit: 0` says about the documents matching a filter:
+    per facet, the exact number of documents holding each value (at most `maxValuesPerFacet`
+    values per facet), and the min and max of the numeric facets. No document is read."""
+
+    distribution: dict[str, dict[str, int]]
+    stats: dict[str, dict[str, float]]
+
+    def counts(self, facet: str) -> dict[str, int]:
+        return dict(self.distribution.get(facet) or {})
+
+    def total(self, facet: str) -> int:
+        return sum(self.counts(facet).values())
+
+
+def facet_counts(settings: Settings, index: str, facets: Iterable[str], filter_: str | None = None) -> FacetCounts:
+    """Facet distribution and stats of `facets` (filterable attributes) over the documents
+    matching `filter_`. A hit count would not do: MeiliSearch caps it at maxTotalHits (1000)."""
+    params: dict = {"limit": 0, "facets": list(facets)}
+    if filter_:
+        params["filter"] = filter_
+    response = search(settings, index, "", params, operation="counting documents of")
+    return FacetCounts(response.get("facetDistribution") or {}, response.get("facetStats") or {})
+
+
 # --- reading every document -----------------------------------------------------------------------
 
 # Fields that are both sortable and filterable in INDEX_SETTINGS, most distinguishing first.
