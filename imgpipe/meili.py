@@ -365,6 +365,31 @@ def index_exists(settings: Settings, index: str, key: str | None = None) -> bool
         raise
 
 
+def index_uids(settings: Settings, prefix: str = "") -> list[str]:
+    """Names of the indexes starting with `prefix` (indexing key)."""
+    with errors("listing indexes", settings):
+        found = client(settings).get_indexes({"limit": 10_000})["results"]
+    return sorted(i.uid for i in found if i.uid.startswith(prefix))
+
+
+def create_index(settings: Settings, index: str, index_settings: dict | None = None) -> None:
+    """Create the index keyed by `id`, apply `index_settings`, and wait for both."""
+    meili = client(settings)
+    with errors("creating", settings, index):
+        task = meili.create_index(index, {"primaryKey": "id"})
+    wait_for_task(meili, settings, task.task_uid, "creating the index", index)
+    if index_settings:
+        with errors("updating the settings of", settings, index):
+            task = meili.index(index).update_settings(index_settings)
+        wait_for_task(meili, settings, task.task_uid, "updating the index settings", index)
+
+
+def enqueue_documents(settings: Settings, index: str, documents: list[dict]) -> int:
+    """Send documents to be added or replaced; returns the task uid (wait_for_task waits for it)."""
+    with errors("adding documents to", settings, index):
+        return client(settings).index(index).add_documents(documents, primary_key="id").task_uid
+
+
 def document_count(settings: Settings, index: str) -> int:
     with errors("counting the documents of", settings, index):
         return client(settings).index(index).get_stats().number_of_documents
