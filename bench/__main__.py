@@ -9,7 +9,7 @@ decompression bombs. The upload latency (PUT -> searchable through S3 Event Noti
 the producer's SQS mode) runs against a moto server started for it, the only local S3 that
 sends notifications. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
-time to write the 1,000,000-row MapReduce input and about 10 more to index the 100,000 and
+time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
 1,000,000 documents visualize.py runs on (kept in the local MeiliSearch for later runs;
 --quick: under a minute).
 
