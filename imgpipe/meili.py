@@ -28,12 +28,12 @@ class MeiliError(ServiceError):
     invalid_search_filter, ...) and the `kind` it means."""
 
     def __init__(self, operation: str, url: str, index: str | None, code: str, message: str, kind: str,
-                 status: int | None = None):
+                 status: int | None = None, summary: str | None = None):
         target = f"index {index!r}" if index else ""
         # The retry log and the one-line error say what to check, not a traceback's words.
-        summary = {"MeilisearchCommunicationError": f"cannot reach {url} (connection failed; is "
-                                                    "MeiliSearch running? `make up` starts the local one)",
-                   "MeilisearchTimeoutError": f"{url} did not answer in time ({operation})"}.get(code)
+        summary = summary or {"MeilisearchCommunicationError": f"cannot reach {url} (connection failed; is "
+                                                               "MeiliSearch running? `make up` starts the local one)",
+                              "MeilisearchTimeoutError": f"{url} did not answer in time ({operation})"}.get(code)
         super().__init__("meilisearch", operation, target, code, message, kind, status, summary=summary)
         self.url = url
         self.index = index
