@@ -6,13 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up status down test demo bench clean
+.PHONY: help venv up status down test demo bench clean debian-packages dashboard
 
 help:
 	@echo "make demo    run the whole pipeline on the local stack (installs on first run)"
 	@echo "make test    run the unit and integration tests (starts the stack it needs)"
 	@echo "make up | status | down   start, check, stop the local stack"
 	@echo "make bench   measure throughput, latency and memory against their floors"
+	@echo "make dashboard   the web dashboard on http://127.0.0.1:8888 (search, charts, dead letters, status)"
 
 venv: $(STAMP)
 
@@ -32,7 +33,13 @@ status: $(STAMP)
 down: $(STAMP)
 	$(PY) -m stack down
 
-test: $(STAMP)
+# Debian packages the tests need: the browser tests drive Debian's Chromium through its chromedriver.
+DEBIAN_PACKAGES := chromium chromium-driver fonts-dejavu-core
+
+debian-packages:
+	@tools/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
+
+test: $(STAMP) debian-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -40,6 +47,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+dashboard: $(STAMP)
+	$(PY) visualize/dashboard.py $(DASHBOARD_ARGS)
 
 clean: down
 	rm -rf .local out
