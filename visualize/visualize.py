@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cli.parser("visualize/visualize.py", __doc__, [
         "python visualize/visualize.py                                # index MEILI_INDEX -> out/",
-        "python visualize/visualize.py --limit 20 --sort size_kb:desc --tablefmt github",
         "python visualize/visualize.py --csv out/image_metadata.csv --previews 0 --out /tmp/charts",
         "python visualize/visualize.py --all-documents --sort sha256   # read every document, sort by any field",
         "MEILI_INDEX=cats python visualize/visualize.py --dead-lettered 3"])
