@@ -47,11 +47,16 @@ class RunNames:
     def index_prefix(self) -> str:
         return f"bench_{self.run_id}"
 
-    def settings(self, base: Settings, step: str) -> Settings:
+    @property
+    def photos_prefix(self) -> str:
+        """Where the photo-only corpus of the seed_design comparison goes."""
+        return f"bench-{self.run_id}/photos/"
+
+    def settings(self, base: Settings, step: str, raw_prefix: str | None = None) -> Settings:
         return base.with_overrides(
             kafka_topic=f"bench-{self.run_id}-{step}", kafka_dead_letter_topic=f"bench-{self.run_id}-{step}-dlq",
             kafka_consumer_group=f"bench-{self.run_id}-{step}", meili_index=f"bench_{self.run_id}_{step}",
-            s3_raw_prefix=self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/",
+            s3_raw_prefix=raw_prefix or self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/",
             sqs_queue_url="")  # the producer runs list the bucket unless a run says otherwise
 
 
@@ -175,11 +180,11 @@ def check_consumed(settings: Settings, step: str, summary: dict, expected: int) 
 
 
 def throughput_run(base: Settings, names: RunNames, step: str, workers: int, expected: int,
-                   max_idle: float, work: Path, profile: bool = False) -> dict:
+                   max_idle: float, work: Path, profile: bool = False, raw_prefix: str | None = None) -> dict:
     """Produce every event first, then drain the topic with one consumer of `workers` workers.
     Returns the consumer's summary plus `cpu` (where the CPU went while it ran) and
     `cpu_ms_per_image` (the consumer's over its busy span, each local service's over the run)."""
-    settings = names.settings(base, step)
+    settings = names.settings(base, step, raw_prefix)
     kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
     produce_all(settings, work, step, expected)
     summary_path = work / f"{step}-consumer.json"
@@ -192,7 +197,8 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     summary = _read_json(summary_path)
     check_consumed(settings, step, summary, expected)
     summary["cpu"] = CpuMeter.difference(before, after, "consumer (whole run, incl. start-up)")
-    per_image = {"consumer (busy span)": summary.get("active_cpu_seconds")}
+    per_image = {"consumer (busy span)": summary.get("active_cpu_seconds"),
+                 "consumer's processing workers": summary.get("worker_cpu_seconds")}
     per_image.update({name: seconds for name, seconds in summary["cpu"]["cpu_seconds"].items()
                       if name in meter.services})
     if all(v is not None for v in per_image.values()):
@@ -245,4 +251,25 @@ def latency_run(base: Settings, names: RunNames, step: str, workers: int, rate: 
     summary = _read_json(summary_path)
     check_consumed(settings, step, summary, count)
     summary["producer"] = producer
+    return summary
+
+
+def seed_design_run(base: Settings, names: RunNames, step: str, expected: int, max_idle: float, work: Path,
+                    raw_prefix: str) -> dict:
+    """bench/seed_design.py draining its own topic of `expected` events (see there)."""
+    settings = names.settings(base, step, raw_prefix)
+    kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    produce_all(settings, work, step, expected)
+    summary_path = work / f"{step}.json"
+    log_path = work / f"{step}.log"
+    with open(log_path, "wb") as log:
+        code = subprocess.run([sys.executable, "-m", "bench.seed_design", "--max-idle-seconds", str(max_idle),
+                               "--summary-json", str(summary_path)], env=child_env(settings), cwd=REPO_ROOT,
+                              stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode
+    if code != 0:
+        raise BenchError(f"bench.seed_design exited with status {code}:\n{_tail(log_path)}")
+    summary = _read_json(summary_path)
+    if summary["processed"] + summary["failed"] != expected:
+        raise BenchError(f"{step}: the seed design handled {summary['processed'] + summary['failed']} of "
+                         f"{expected} events")
     return summary

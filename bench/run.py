@@ -6,6 +6,7 @@ run: one broken measurement should not hide the rest of the table.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -53,7 +54,8 @@ QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000,
 # in-memory processing rate, so without in_memory its ratios are left empty.
 GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce", "visualize")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
-PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency")
+PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency", "seed-design-0",
+                 "seed-design-1", "seed-pipeline-0", "seed-pipeline-1")
 
 
 def step(name: str):
@@ -144,6 +146,8 @@ class Bench:
         for workers, name in ((1, "pipeline_1_worker"), (2, "pipeline_2_workers")):
             self.guarded([name], ["images/s"], lambda w=workers, n=name: self._throughput(w, n, summaries))
         self.guarded(["consumer_peak_rss_mb"], ["MB"], lambda: self._peak_memory(summaries))
+        self.guarded(["cores_busy", "consumer_cpu_per_image"], ["cores", "ms"], lambda: self._cpu(summaries))
+        self.guarded(["seed_design", "pipeline_vs_seed"], ["images/s", "images/s"], self._seed_comparison)
         self.guarded(["latency_p50", "latency_p95"], ["s", "s"], self._latency)
         self.guarded(["latency_upload_p50", "latency_upload_p95"], ["s", "s"], self._upload_latency)
 
@@ -184,6 +188,52 @@ class Bench:
                                 "cpu_bound_ceiling_images_per_second": summary.get("cpu_bound_ceiling"),
                                 "share_of_ceiling": summary.get("share_of_ceiling"),
                                 "profiled": self.profile}))
+
+    def _cpu(self, summaries: dict) -> None:
+        """How busy the cores were during the 2-worker drain, and the consumer's CPU per image
+        (its own and its workers') against processing alone."""
+        summary = summaries.get("pipeline_2_workers")
+        if summary is None:
+            raise BenchError("the 2-worker run did not finish")
+        images = summary["indexed"] + summary["dead_lettered"]
+        cpu = (summary.get("active_cpu_seconds") or 0) + (summary.get("worker_cpu_seconds") or 0)
+        floor = self.value("processing_floor")
+        self.add(Figure("cores_busy", summary["cpu"]["cores_busy"], "cores",
+                        detail={"run": "pipeline_2_workers", "cores": os.cpu_count(),
+                                "measure": "CPU seconds of every process on the machine / wall seconds, while "
+                                           "the consumer ran (start-up included)",
+                                "cpu_seconds": summary["cpu"]["cpu_seconds"]}),
+                 Figure("consumer_cpu_per_image", 1000 * cpu / images if images else None, "ms",
+                        floor=1000 / floor if floor else None, floor_name="processing_floor, ms per image",
+                        detail={"consumer_busy_cpu_seconds": summary.get("active_cpu_seconds"),
+                                "worker_cpu_seconds": summary.get("worker_cpu_seconds"), "images": images}))
+
+    def _seed_comparison(self) -> None:
+        """The brief's straightforward consumer against ours (2 workers, no faces) on the same
+        photo-like 1280x960 JPEGs, each run twice in alternation, the best kept."""
+        from bench.pipeline import seed_design_run, throughput_run
+        from demo.corpus import upload_corpus
+
+        photos = [(key, data) for key, data in self.items if bench_corpus.kind(key) == "photo"]
+        prefix = self.names.photos_prefix
+        step(f"seed_design vs pipeline (2 workers): {len(photos)} photo-like JPEGs, twice each, alternating")
+        upload_corpus(self.settings, photos, prefix, workers=8)
+        seed, ours = [], []
+        for round_ in range(2):
+            seed.append(seed_design_run(self.settings, self.names, f"seed-design-{round_}", len(photos),
+                                        self.config.max_idle_seconds, self.work, prefix))
+            ours.append(throughput_run(self.settings, self.names, f"seed-pipeline-{round_}", 2, len(photos),
+                                       self.config.max_idle_seconds, self.work, raw_prefix=prefix))
+        best_seed = max(s["active_images_per_second"] for s in seed)
+        best_ours = max(s["active_images_per_second"] for s in ours)
+        detail = {"images": len(photos), "rounds": 2,
+                  "seed_design_images_per_second": [round(s["active_images_per_second"], 1) for s in seed],
+                  "pipeline_images_per_second": [round(s["active_images_per_second"], 1) for s in ours],
+                  "seed_design": "bench/seed_design.py: GET, full decode, resize, grayscale, add_documents([doc]) "
+                                 "per message, never waiting for the task; one process"}
+        self.add(Figure("seed_design", best_seed, "images/s", detail=detail),
+                 Figure("pipeline_vs_seed", best_ours, "images/s", floor=best_seed, floor_name="seed_design",
+                        detail=detail))
 
     def _peak_memory(self, summaries: dict) -> None:
         if not summaries:

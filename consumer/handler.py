@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from imgpipe.document import DerivedKeys, ProcessingRun, to_document
+from imgpipe.document import DerivedKeys, ProcessingRun, document_id, to_document
 from imgpipe.errors import MessageError
 from imgpipe.events import ImageEvent, utc_now_iso
 from imgpipe.settings import Settings
@@ -28,6 +28,13 @@ class ImageHandler:
         self.settings = settings
         self.store = store
         self.processing = processing
+
+    def delete(self, event: ImageEvent) -> str:
+        """Remove the derived images of a deleted object; returns its document id, for the index."""
+        check_bucket_allowed(event, self.settings.allowed_buckets)
+        derived = DerivedKeys.of(self.settings.s3_processed_prefix, event.bucket, event.key)
+        self.store.delete([derived.thumbnail, derived.grayscale])
+        return document_id(event.bucket, event.key)
 
     def handle(self, event: ImageEvent) -> dict:
         """Raises MessageError (dead-letter) or, on shutdown during an outage, Stopped."""

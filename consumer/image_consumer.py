@@ -42,7 +42,8 @@ def build_parser():
         "python consumer/image_consumer.py                          # run until stopped",
         "python consumer/image_consumer.py --max-idle-seconds 10    # drain the topic, then exit",
         "python consumer/image_consumer.py --workers 4 --batch-size 500",
-        "python consumer/image_consumer.py --group reindex-2026 --summary-json out/consumer.json"])
+        "python consumer/image_consumer.py --group reindex-2026 --summary-json out/consumer.json",
+        "python consumer/image_consumer.py --metrics-port 9464    # Prometheus metrics on 127.0.0.1:9464"])
     p.add_argument("--workers", type=int, help="processing worker processes (env CONSUMER_WORKERS; 0 = one per core)")
     p.add_argument("--batch-size", type=int, help="messages per batch at most (env CONSUMER_BATCH_SIZE)")
     p.add_argument("--batch-ms", type=int, help="wait at most this long to fill a batch (env CONSUMER_BATCH_MS)")
@@ -55,6 +56,8 @@ def build_parser():
     p.add_argument("--status-interval", type=float, default=10.0, metavar="S",
                    help="seconds between status lines")
     p.add_argument("--summary-json", type=Path, help="also write the final summary to this JSON file")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (env METRICS_PORT; 0 = off)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[attr] = value
         if args.no_faces:
             overrides["face_detection"] = False
+        if args.metrics_port is not None:
+            if not 0 <= args.metrics_port <= 65535:
+                raise UserError("--metrics-port must be a TCP port (1-65535), or 0 for none")
+            overrides["metrics_port"] = args.metrics_port
         for attr in ("consumer_batch_size", "consumer_batch_ms"):
             if attr in overrides and overrides[attr] < 1:
                 raise UserError(f"--{attr.split('_', 1)[1].replace('_', '-')} must be at least 1")
@@ -101,9 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         from consumer.loop import BatchConsumer
         from imgpipe.retry import Stopped
 
+        metrics = None
+        if settings.metrics_port:
+            from imgpipe.metrics import ConsumerMetrics, serve
+
+            metrics = ConsumerMetrics()
+            serve(metrics.registry, settings.metrics_port)
         bar = cli.progress(None, "images", unit="img", enabled=args.progress)
         runner = BatchConsumer(settings, workers=workers, max_idle_seconds=args.max_idle_seconds,
-                               status_interval=args.status_interval, on_batch=bar.update)
+                               status_interval=args.status_interval, on_batch=bar.update, metrics=metrics)
         install_signal_handlers(runner.stop)
         log.info("consuming %s as group %s with %d worker(s); indexing into %s", settings.kafka_topic,
                  settings.kafka_consumer_group, workers, settings.meili_index)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from imgpipe import meili
 from imgpipe.document import EMBEDDER_SETTINGS, INDEX_SETTINGS
@@ -32,6 +33,14 @@ SERVICE_FAILURE_CODES = frozenset({"io_error", "no_space_left_on_device", "datab
 
 
 EMBEDDER_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    documents: list[dict]
+    delete_ids: list[str]
+    add_task: int | None
+    delete_task: int | None
 
 
 class DocumentsRefused(Exception):
@@ -103,15 +112,68 @@ class Indexer:
     def add(self, documents: list[dict]) -> dict[int, str]:
         """Index a batch and return once MeiliSearch has it (retried through outages). Returns the
         positions of the documents MeiliSearch refused, with why; every other one is indexed."""
+        return self.confirm(self.submit(documents))
+
+    def submit(self, documents: list[dict], delete_ids: list[str] = ()) -> "Submitted":
+        """Enqueue a batch's documents and deletions (retried through outages) without waiting for
+        the tasks: the consumer processes the next batch meanwhile, and confirms this one after."""
+
+        def enqueue(operation, what: str) -> int:
+            def attempt() -> int:
+                with meili.errors(what, self.settings, self.settings.meili_index):
+                    return operation().task_uid
+
+            return retry_until_stopped(attempt, self.stop)
+
+        add_task = (enqueue(lambda: self.index.add_documents(documents, primary_key="id"),
+                            f"indexing {len(documents)} documents") if documents else None)
+        delete_task = (enqueue(lambda: self.index.delete_documents(list(delete_ids)),
+                               f"deleting {len(delete_ids)} documents") if delete_ids else None)
+        return Submitted(list(documents), list(delete_ids), add_task, delete_task)
+
+    def confirm(self, submitted: "Submitted", superseded: frozenset[str] = frozenset()) -> dict[int, str]:
+        """Wait for a submitted batch's tasks. A failed add is redone by parts, splitting to find
+        the documents at fault (those in `superseded`, replaced by a batch enqueued since, are left
+        out: re-adding them now would put an older version over the newer one). Returns the
+        positions of refused documents, with why."""
         refused: dict[int, str] = {}
         self._indexed_some = False
-        self._add_part(documents, list(range(len(documents))), refused)
+        if submitted.add_task is not None and not self._succeeded(submitted.add_task, "indexing documents"):
+            positions = [i for i, doc in enumerate(submitted.documents) if doc["id"] not in superseded]
+            self._add_part(submitted.documents, positions, refused)
+        elif submitted.documents:
+            self._indexed_some = True
+            self._last_good = submitted.documents[-1]
+        if submitted.delete_task is not None and not self._succeeded(submitted.delete_task, "deleting documents"):
+            ids = [i for i in submitted.delete_ids if i not in superseded]
+
+            def delete_again() -> None:
+                with meili.errors("deleting documents", self.settings, self.settings.meili_index):
+                    self._wait(self.index.delete_documents(ids).task_uid, f"deleting {len(ids)} documents")
+
+            if ids:
+                retry_until_stopped(delete_again, self.stop)  # nothing about a deletion is the message's fault
         if not self._embedder_ready and time.monotonic() - self._embedder_tried_at > EMBEDDER_RETRY_SECONDS:
             try:
                 self._add_embedder()  # succeeds once every old document was indexed again with a descriptor
             except meili.MeiliError as exc:
                 log.warning("could not add the descriptor's embedder (%s); trying again later", exc)
         return refused
+
+    def _succeeded(self, task_uid: int, what: str) -> bool:
+        """Wait for the task through outages; False when it failed (for whatever reason)."""
+
+        def wait() -> None:
+            self._wait(task_uid, what)
+
+        try:
+            retry_until_stopped(wait, self.stop, only_transient=True)
+            return True
+        except meili.MeiliError as exc:
+            if exc.kind == FAILED or exc.code == "task_not_found":
+                log.info("task %d (%s) %s: %s", task_uid, what, exc.code, exc.message)
+                return False
+            raise
 
     def _add_now(self, part: list[dict]) -> None:
         """One request and its task; DocumentsRefused when the documents may be at fault."""

@@ -3,22 +3,53 @@ the busy span and its CPU, and the process's peak memory. Reported in the status
 the summary; nothing here changes what the loop does."""
 from __future__ import annotations
 
+import math
 import resource
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 
+class LatencyHistogram:
+    """Quantiles of durations in bounded memory, however long the consumer runs: counts in
+    logarithmic buckets 2% wide (at most ~1,000 of them, from 1 ms to a day), so a quantile is
+    within 2% of the exact one."""
+
+    RATIO = 1.02
+    FLOOR = 0.001
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.total = 0
+
+    def add(self, seconds: float) -> None:
+        bucket = 0 if seconds <= self.FLOOR else min(1000, math.ceil(math.log(seconds / self.FLOOR, self.RATIO)))
+        self.counts[bucket] += 1
+        self.total += 1
+
+    def quantile(self, q: float) -> float | None:
+        if not self.total:
+            return None
+        rank = max(1, math.ceil(q * self.total))
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return round(self.FLOOR * self.RATIO ** bucket, 4)
+        raise AssertionError("unreachable: the counts add up to the total")
+
+
 @dataclass
 class Stats:
     consumed: int = 0
     indexed: int = 0
+    deleted: int = 0  # documents removed for delete events
+    superseded: int = 0  # events replaced by a later event of the same object in the same batch
     dead_lettered: int = 0
     batches: int = 0
     dead_letter_reasons: Counter = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)  # event_time -> searchable, seconds
+    latencies: LatencyHistogram = field(default_factory=LatencyHistogram)  # event_time -> searchable
     started: float = field(default_factory=time.monotonic)
     lag: int | None = None
     # Monotonic times of the first message and of the last batch committed: the busy span,
@@ -29,6 +60,7 @@ class Stats:
     first_message_cpu: float | None = None
     last_committed_cpu: float | None = None
     worker_peak_rss_mb: float = 0.0  # the largest peak of any processing worker
+    worker_cpu_seconds: float = 0.0  # CPU the processing workers spent on images (process_image)
     dead_letters_minimal: int = 0  # written without the original key and value (the broker refused them)
     dead_letters_refused: int = 0  # not written at all (logged with the original's position)
 
@@ -36,8 +68,13 @@ class Stats:
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
+    @property
+    def finished(self) -> int:
+        """Messages done with: indexed, deleted, superseded or dead-lettered."""
+        return self.indexed + self.deleted + self.superseded + self.dead_lettered
+
     def rate(self) -> float:
-        return (self.indexed + self.dead_lettered) / self.seconds if self.seconds > 0 else 0.0
+        return self.finished / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def active_seconds(self) -> float | None:
@@ -48,7 +85,7 @@ class Stats:
     def active_rate(self) -> float | None:
         """Images per second from the first message to the last commit (what bench/ measures)."""
         busy = self.active_seconds
-        return (self.indexed + self.dead_lettered) / busy if busy else None
+        return self.finished / busy if busy else None
 
     def batch_started(self, messages: int) -> None:
         if self.first_message_at is None:
@@ -56,32 +93,35 @@ class Stats:
             self.first_message_cpu = time.process_time()
         self.consumed += messages
 
-    def batch_committed(self, documents: list[dict], dead_lettered: int) -> None:
+    def batch_committed(self, documents: list[dict], dead_lettered: int, deleted: int = 0) -> list[float]:
+        """Count a committed batch; returns the produce -> searchable latency of its documents."""
         now = time.time()
+        latencies = []
         for doc in documents:
             latency = seconds_since(doc.get("event_time", ""), now)
             if latency is not None:
-                self.latencies.append(latency)
+                self.latencies.add(latency)
+                latencies.append(latency)
         self.indexed += len(documents)
+        self.deleted += deleted
         self.dead_lettered += dead_lettered
         self.batches += 1
         self.last_committed_at = time.monotonic()
         self.last_committed_cpu = time.process_time()
+        return latencies
 
     def latency(self, quantile: float) -> float | None:
-        if not self.latencies:
-            return None
-        if len(self.latencies) == 1:
-            return self.latencies[0]
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(quantile * 100) - 1]
+        return self.latencies.quantile(quantile)
 
     def line(self) -> str:
         lag = "?" if self.lag is None else str(self.lag)
         return (f"consumed {self.consumed}, indexed {self.indexed}, dead-lettered {self.dead_lettered}, "
+                f"deleted {self.deleted}, "
                 f"{self.rate():.1f} images/s, lag {lag}")
 
     def as_dict(self) -> dict:
-        return {"consumed": self.consumed, "indexed": self.indexed, "dead_lettered": self.dead_lettered,
+        return {"consumed": self.consumed, "indexed": self.indexed, "deleted": self.deleted,
+                "superseded": self.superseded, "dead_lettered": self.dead_lettered,
                 "dead_letter_reasons": dict(self.dead_letter_reasons), "batches": self.batches,
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 2),
                 "active_seconds": _rounded(self.active_seconds, 3),
@@ -90,6 +130,7 @@ class Stats:
                                        else round(self.last_committed_cpu - self.first_message_cpu, 3)),
                 "latency_p50_s": self.latency(0.5), "latency_p95_s": self.latency(0.95),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
+                "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
                 "dead_letters_minimal": self.dead_letters_minimal, "dead_letters_refused": self.dead_letters_refused}
 
 

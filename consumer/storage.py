@@ -91,6 +91,10 @@ class ObjectStore:
         except s3.S3Error:
             return False
 
+    def delete(self, keys: list[str]) -> None:
+        """Delete derived images (a key already gone is fine), retried through outages."""
+        retry_until_stopped(lambda: s3.delete_keys(self.client, self.output_bucket, keys), self.stop)
+
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store a derived image. A key S3 refuses (too long, clashing with a folder) comes from
         the source key: the message's fault, dead-lettered. Anything else is retried."""

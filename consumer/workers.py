@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import resource
 import signal
+import threading
 from concurrent.futures import CancelledError, TimeoutError
 
 from imgpipe.errors import InfrastructureError, MessageError
@@ -56,11 +57,16 @@ def _address_space_bytes() -> int:
 
 
 def _process_in_worker(data: bytes, options):
-    """process_image, plus this worker's peak resident memory (MB) for the consumer's summary."""
+    """process_image, plus this worker's peak resident memory (MB) and the CPU seconds the image
+    took, for the consumer's summary."""
+    import time
+
     from consumer.processing import process_image
     from consumer.stats import peak_rss_mb
 
-    return process_image(data, options), peak_rss_mb()
+    started = time.process_time()
+    image = process_image(data, options)
+    return image, peak_rss_mb(), time.process_time() - started
 
 
 class ProcessingPool:
@@ -74,6 +80,8 @@ class ProcessingPool:
         self.memory_mb = settings.worker_memory_mb
         self.workers = workers
         self.peak_worker_rss_mb = 0.0
+        self.cpu_seconds = 0.0  # CPU the workers spent on the images that came back
+        self._lock = threading.Lock()  # process() runs on many I/O threads
         self._pool = ProcessPool(max_workers=workers, initializer=_init_worker,
                                  initargs=(settings.max_image_pixels, settings.worker_memory_mb),
                                  context=multiprocessing.get_context("spawn"))
@@ -85,7 +93,7 @@ class ProcessingPool:
 
         future = self._pool.schedule(_process_in_worker, args=(data, self.options), timeout=self.timeout)
         try:
-            image, worker_peak = future.result()
+            image, worker_peak, cpu = future.result()
         except TimeoutError:
             raise MessageError("budget", f"processing took longer than PROCESSING_TIMEOUT_SECONDS = "
                                          f"{self.timeout} s; its worker was stopped") from None
@@ -99,7 +107,9 @@ class ProcessingPool:
             if "pool" in str(exc).lower() and ("closed" in str(exc).lower() or "not running" in str(exc).lower()):
                 raise Stopped("processing pool stopped") from None
             raise
-        self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, worker_peak)
+        with self._lock:
+            self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, worker_peak)
+            self.cpu_seconds += cpu
         return image
 
     def _expired(self, exitcode: int | None) -> tuple[str, str]:

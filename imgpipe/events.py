@@ -140,8 +140,8 @@ def parse_event(value: bytes | None) -> ImageEvent:
     if "size" in data and not 0 <= data["size"] <= MAX_OBJECT_SIZE:
         raise MessageError("validate", f"size must be between 0 and S3's {MAX_OBJECT_SIZE} bytes, got "
                                        f"{str(data['size'])[:40]}")
-    for name in ("last_modified", "event_time"):
-        if name in data and parse_iso(data[name]) is None:
+    for name in ("last_modified", "event_time") if action == UPSERT else ("event_time",):
+        if parse_iso(data[name]) is None:
             raise MessageError("validate", f"{name} is not an ISO-8601 time: {data[name][:40]!r}")
     if action == DELETE:
         return ImageEvent.deletion(data["bucket"], data["key"], data["event_time"], sequencer)

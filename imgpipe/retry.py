@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Called with the failing service's name ("s3", "meilisearch", "kafka") before each retry: the
+# consumer's metrics count retries by service this way.
+retry_observers: list[Callable[[str], None]] = []
+
+
 class Stopped(Exception):
     """A stop was requested while an operation was still failing; its work is abandoned."""
 
@@ -34,6 +39,8 @@ def retry_until_stopped(operation: Callable[[], T], stop: threading.Event, *, in
 
     def before_sleep(state) -> None:
         exc = state.outcome.exception()
+        for observe in retry_observers:
+            observe(getattr(exc, "service", "other"))
         level = logging.WARNING if state.attempt_number in (1, 5) or state.attempt_number % 20 == 0 else logging.DEBUG
         log.log(level, "%s (attempt %d); retrying in %.1f s", exc, state.attempt_number,
                 state.next_action.sleep if state.next_action else 0)

@@ -236,6 +236,19 @@ def delete_prefix(s3, bucket: str, prefix: str) -> int:
     return deleted
 
 
+def delete_keys(s3, bucket: str, keys: list[str]) -> None:
+    """Delete these objects (up to 1,000; missing ones are not an error)."""
+    if not keys:
+        return
+    with errors("deleting objects of", bucket):
+        response = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+    failed = [e for e in response.get("Errors", []) if e.get("Code") not in MISSING_OBJECT_CODES]
+    if failed:
+        first = failed[0]
+        raise S3Error("deleting", bucket, first.get("Key", ""), first.get("Code", ""), first.get("Message", ""),
+                      _kind(first.get("Code", ""), None))
+
+
 def ensure_bucket(s3, bucket: str, region: str) -> bool:
     """Create the bucket unless it exists; True when this call created it."""
     with errors("listing buckets of", bucket):

@@ -62,6 +62,8 @@ class Settings:
     processing_timeout_seconds: float = 30.0
     max_decode_bytes: int = 512 * 1024 * 1024
     worker_memory_mb: int = 2048  # memory a worker may take for one image, above its own at rest; 0: no cap
+    # Prometheus metrics of the consumer and the producer on 127.0.0.1:<port>; 0 means off.
+    metrics_port: int = 0
     # Local stack
     local_state_dir: Path = REPO_ROOT / ".local"
 
@@ -117,6 +119,7 @@ ENV_VARS: dict[str, str] = {
     "PROCESSING_TIMEOUT_SECONDS": "processing_timeout_seconds",
     "MAX_DECODE_BYTES": "max_decode_bytes",
     "WORKER_MEMORY_MB": "worker_memory_mb",
+    "METRICS_PORT": "metrics_port",
     "LOCAL_STATE_DIR": "local_state_dir",
 }
 ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
@@ -124,7 +127,7 @@ ENV_VAR_OF = {attr: env for env, attr in ENV_VARS.items()}
 _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_batch_ms",
                   "max_object_bytes", "max_image_pixels", "thumbnail_size", "max_decode_bytes"}
 _POSITIVE_FLOATS = {"processing_timeout_seconds"}
-_ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb"}
+_ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb", "metrics_port"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -219,6 +222,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
         problems.append("KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC")
     problems += _overlapping_prefixes(settings)
+    if settings.metrics_port > 65535:
+        problems.append(f"METRICS_PORT must be a TCP port (1-65535) or 0, got {settings.metrics_port}")
     if settings.meili_master_key and len(settings.meili_master_key.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
         problems.append(f"MEILI_MASTER_KEY must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes "
                         f"(it is {len(settings.meili_master_key.encode())})")

@@ -65,6 +65,8 @@ def build_parser():
     p.add_argument("--max-idle-seconds", type=float, metavar="N",
                    help="with --sqs-queue-url: stop after N seconds without a message (default: run until stopped)")
     p.add_argument("--summary-json", type=Path, help="also write the final counts to this JSON file")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (env METRICS_PORT; 0 = off)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,7 +90,7 @@ def s3_errors_explained(source, bucket: str):
 
 def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[str], limit: int | None,
              state: SentState | None, show_progress: bool | None, rate: float | None = None,
-             stop: threading.Event | None = None) -> tuple[int, int]:
+             stop: threading.Event | None = None, metrics=None) -> tuple[int, int]:
     """Send events for one listing; returns (delivered, failed).
 
     With a `state` (--watch): only new or changed objects are sent, and after a full listing a
@@ -98,7 +100,7 @@ def one_pass(settings: Settings, client, bucket: str, prefix: str, keys: list[st
     pass_started = utc_now_iso()  # a key missing from this listing was gone by then
     bar = cli.progress(None, "events", unit="ev", enabled=show_progress)
     sender = EventSender(settings, on_delivered=bar.update if not bar.disable else None,
-                         track_delivered=state is not None)
+                         track_delivered=state is not None, metrics=metrics)
     gone: set[str] = set()
     try:
         if keys:
@@ -180,9 +182,19 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
+        if args.metrics_port is not None:
+            if not 0 <= args.metrics_port <= 65535:
+                raise UserError("--metrics-port must be a TCP port (1-65535), or 0 for none")
+            settings = settings.with_overrides(metrics_port=args.metrics_port)
+        metrics = None
+        if settings.metrics_port:
+            from imgpipe.metrics import ProducerMetrics, serve
+
+            metrics = ProducerMetrics()
+            serve(metrics.registry, settings.metrics_port)
         queue_url = args.sqs_queue_url or settings.sqs_queue_url
         if queue_url:
-            return from_queue(settings, queue_url, bucket, prefix)
+            return from_queue(settings, queue_url, bucket, prefix, metrics)
         if args.max_idle_seconds is not None:
             raise UserError("--max-idle-seconds needs --sqs-queue-url")
         kafka.check_topic(settings, settings.kafka_topic)
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.watch is None:
             started = time.monotonic()
             sent, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, None, args.progress,
-                                    args.rate)
+                                    args.rate, metrics=metrics)
             if args.summary_json:
                 seconds = time.monotonic() - started
                 args.summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -208,12 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         total_failed = 0
         while not stop.is_set():
             _, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, state, args.progress, args.rate,
-                                 stop)
+                                 stop, metrics)
             total_failed += failed
             stop.wait(args.watch)
         return cli.EXIT_FAILURES if total_failed else cli.EXIT_OK
 
-    def from_queue(settings: Settings, queue_url: str, bucket: str, prefix: str) -> int:
+    def from_queue(settings: Settings, queue_url: str, bucket: str, prefix: str, metrics) -> int:
         from producer.queue_mode import QueueProducer
 
         for name in ("watch", "key", "limit", "rate", "state_file"):
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         report = QueueProducer(settings, queue_url, bucket, prefix, args.wait_seconds, args.max_idle_seconds,
-                               stop).run()
+                               stop, metrics).run()
         print(f"producer: {report.summary()}", file=sys.stderr)
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)

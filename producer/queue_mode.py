@@ -63,7 +63,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 class QueueProducer:
     def __init__(self, settings: Settings, queue_url: str, bucket: str, prefix: str, wait_seconds: int,
-                 max_idle_seconds: float | None, stop: threading.Event):
+                 max_idle_seconds: float | None, stop: threading.Event, metrics=None):
         self.settings = settings
         self.queue_url = queue_url
         self.bucket = bucket
@@ -73,7 +73,7 @@ class QueueProducer:
         self.stop = stop
         self.report = QueueReport()
         self.sqs = aws.client(settings, "sqs")
-        self.sender = EventSender(settings)
+        self.sender = EventSender(settings, metrics=metrics)
 
     def check_queue(self) -> None:
         """Fail fast, with one line, on a queue that does not exist or refuses us."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from imgpipe import kafka
-from imgpipe.events import ImageEvent
+from imgpipe.events import DELETE, UPSERT, ImageEvent
 from imgpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,27 @@ class EventSender:
     is kept for the --watch state file.
     """
 
-    def __init__(self, settings: Settings, on_delivered=None, track_delivered: bool = False, **config_overrides):
+    def __init__(self, settings: Settings, on_delivered=None, track_delivered: bool = False, metrics=None,
+                 **config_overrides):
         self.topic = settings.kafka_topic
         self.report = DeliveryReport()
+        self.metrics = metrics  # imgpipe.metrics.ProducerMetrics, or None
         self._on_delivered = on_delivered
         self._etags: dict[bytes, str] | None = {} if track_delivered else None
         self._producer = kafka.producer(settings, **config_overrides)
 
     def _delivered(self, err, msg) -> None:
+        self._account(err, msg, UPSERT)
+
+    def _delivered_delete(self, err, msg) -> None:
+        self._account(err, msg, DELETE)
+
+    def _account(self, err, msg, action: str) -> None:
+        if self.metrics is not None:
+            if err is None:
+                self.metrics.events.labels(action).inc()
+            else:
+                self.metrics.failures.inc()
         if err is not None:
             self.report.failed += 1
             if len(self.report.errors) < 20:
@@ -66,10 +79,11 @@ class EventSender:
         if self._etags is not None:
             self._etags[key] = event.etag
         value = event.to_json()
-        callback = self._delivered
+        account = self._delivered_delete if event.action == DELETE else self._delivered
+        callback = account
         if on_result is not None:
             def callback(err, msg):
-                self._delivered(err, msg)
+                account(err, msg)
                 on_result(err is None)
         while True:
             try:
