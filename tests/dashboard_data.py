@@ -87,22 +87,17 @@ def free_port() -> int:
 
 
 class MetricsEndpoint:
-    """prometheus-client's own HTTP server on 127.0.0.1 with the consumer's metric names
-    (README, metrics), in a registry of its own."""
+    """The consumer's own metrics (imgpipe.metrics.ConsumerMetrics), served on 127.0.0.1 by
+    prometheus-client's HTTP server as the consumer serves them."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+        from prometheus_client import start_http_server
 
-        self.registry = CollectorRegistry()
-        self.messages = Counter("imgpipe_consumer_messages", "messages consumed", registry=self.registry)
-        self.indexed = Counter("imgpipe_consumer_documents_indexed", "documents indexed", registry=self.registry)
-        self.dead = Counter("imgpipe_consumer_dead_letters", "dead letters", ["stage"], registry=self.registry)
-        self.lag = Gauge("imgpipe_consumer_lag_messages", "lag", ["topic", "partition"], registry=self.registry)
-        self.in_flight = Gauge("imgpipe_consumer_images_in_flight", "in flight", registry=self.registry)
-        self.processing = Histogram("imgpipe_consumer_processing_seconds", "per image", registry=self.registry,
-                                    buckets=(0.01, 0.05, 0.1, 0.5, 1.0))
+        from imgpipe.metrics import ConsumerMetrics
+
+        self.metrics = ConsumerMetrics()
         self.port = free_port()
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.metrics.registry)
         self.url = f"http://127.0.0.1:{self.port}/metrics"
 
     def close(self) -> None:

@@ -193,16 +193,15 @@ def test_no_dead_letter_topic_yet_is_a_message(settings):
 
 def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings):
     endpoint = dashboard_data.MetricsEndpoint()
+    metrics = endpoint.metrics
     try:
-        endpoint.messages.inc(100)
-        endpoint.indexed.inc(90)
-        endpoint.dead.labels(stage="decode").inc(4)
-        endpoint.lag.labels(topic="image-events", partition="0").set(12)
-        endpoint.lag.labels(topic="image-events", partition="10").set(3)
-        endpoint.lag.labels(topic="image-events", partition="2").set(5)
-        endpoint.in_flight.set(2)
+        metrics.messages.inc(100)
+        metrics.indexed.inc(90)
+        metrics.dead_letters.labels(stage="decode").inc(4)
+        metrics.set_lag({("image-events", 0): 12, ("image-events", 10): 3, ("image-events", 2): 5})
+        metrics.in_flight.set(2)
         for seconds in (0.02, 0.03, 0.2, 0.7):
-            endpoint.processing.observe(seconds)
+            metrics.processing.observe(seconds)
         unreachable = f"http://127.0.0.1:{dashboard_data.free_port()}/metrics"
         client = create_app(search_only(settings), Options(metrics_urls=(endpoint.url, unreachable))).test_client()
         first = get_json(client, "/status")["endpoints"]
@@ -211,15 +210,17 @@ def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings):
         assert consumer["error"] == "" and consumer["rate_seconds"] is None
         totals = {(c["what"], c["label"]): c["total"] for c in consumer["counters"]}
         assert totals[("messages consumed", "")] == 100 and totals[("dead letters", "stage=decode")] == 4
+        assert totals[("dead letters", "stage=guard")] == 0 and totals[("retries", "service=s3")] == 0
         assert consumer["lag"] == [["image-events", "0", 12.0], ["image-events", "2", 5.0],
                                    ["image-events", "10", 3.0]]
         assert consumer["total_lag"] == 20 and consumer["in_flight"] == 2
-        [histogram] = consumer["histograms"]
+        histogram, searchable = consumer["histograms"]
+        assert searchable["count"] == 0 and searchable["mean_seconds"] is None
         assert histogram["count"] == 4 and histogram["mean_seconds"] == pytest.approx(0.2375)
         assert 0.01 < histogram["p50_seconds"] <= 0.05 < histogram["p95_seconds"] <= 1.0
 
         time.sleep(1.2)
-        endpoint.messages.inc(60)
+        metrics.messages.inc(60)
         again = get_json(client, "/status")["endpoints"][0]
         rate = next(c["per_second"] for c in again["counters"] if c["what"] == "messages consumed")
         assert again["rate_seconds"] >= 1.0 and rate == pytest.approx(60 / again["rate_seconds"])

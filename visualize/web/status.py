@@ -1,5 +1,5 @@
-"""The consumer's and producer's status from their Prometheus metrics (names in the README's
-metrics section): totals, rates, lag per partition, in-flight images and latency histograms.
+"""The consumer's and producer's status from their Prometheus metrics (imgpipe/metrics.py names
+them): totals, rates, lag per partition, in-flight images and latency histograms.
 
 The text is parsed by prometheus-client's own parser. Rates need two scrapes: the tracker keeps
 the last few minutes of samples per endpoint (bounded), and a rate is the counter's increase
