@@ -21,12 +21,18 @@ from visualize.web import Options, create_app
 pytestmark = pytest.mark.integration
 
 
+def client_for(settings, tmp_path, **options):
+    """A test client of the app reading with the search-only key, with no MapReduce output or
+    consumer summary unless given (never the working directory's out/)."""
+    defaults = {"counts_ttl_seconds": 0, "mapreduce_dir": tmp_path / "no-mapreduce",
+                "consumer_summary": tmp_path / "no-summary.json"}
+    return create_app(search_only(settings), Options(**{**defaults, **options})).test_client()
+
+
 @pytest.fixture
-def shown(settings):
-    """(DashboardIndex, test client of an app reading with the search-only key)."""
-    data = dashboard_data.build(settings)
-    app = create_app(search_only(settings), Options(counts_ttl_seconds=0))
-    return data, app.test_client()
+def shown(settings, tmp_path):
+    """(DashboardIndex, test client)."""
+    return dashboard_data.build(settings), client_for(settings, tmp_path)
 
 
 def get_json(client, path: str, status: int = 200, **params):
@@ -109,9 +115,9 @@ def test_one_image_shows_every_field_both_versions_and_its_look_alikes(shown):
     assert client.get(f"/image/{'f' * 64}").status_code == 404
 
 
-def test_without_descriptors_the_detail_page_says_so(settings):
+def test_without_descriptors_the_detail_page_says_so(settings, tmp_path):
     data = dashboard_data.build(settings, with_vectors=False)
-    client = create_app(search_only(settings)).test_client()
+    client = client_for(settings, tmp_path)
     page = get_json(client, f"/image/{data.docs[0]['id']}")
     assert page["similar"] == [] and "descriptor" in page["similar_message"]
 
@@ -159,7 +165,7 @@ def test_charts_with_mapreduce_output_add_its_chart(shown, settings, tmp_path):
     from tests.test_visualize import write_summary
 
     write_summary(tmp_path / "mr")
-    client = create_app(search_only(settings), Options(mapreduce_dir=tmp_path / "mr")).test_client()
+    client = client_for(settings, tmp_path, mapreduce_dir=tmp_path / "mr")
     page = get_json(client, "/charts")
     assert page["charts"][-1]["name"] == "mapreduce_summary"
     assert client.get("/charts/mapreduce_summary.png").status_code == 200
@@ -182,16 +188,16 @@ def test_dead_letters_are_the_latest_newest_first_with_their_reasons(shown, sett
     assert client.get("/dead-letters", query_string={"limit": "100000"}).status_code == 400
 
 
-def test_no_dead_letter_topic_yet_is_a_message(settings):
+def test_no_dead_letter_topic_yet_is_a_message(settings, tmp_path):
     from imgpipe import kafka
 
     kafka.delete_topics(settings, [settings.kafka_dead_letter_topic])
-    client = create_app(search_only(settings)).test_client()
+    client = client_for(settings, tmp_path)
     response = client.get("/dead-letters")
     assert response.status_code == 200 and "nothing has been dead-lettered" in response.get_data(as_text=True)
 
 
-def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings):
+def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings, tmp_path):
     endpoint = dashboard_data.MetricsEndpoint()
     metrics = endpoint.metrics
     try:
@@ -203,7 +209,7 @@ def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings):
         for seconds in (0.02, 0.03, 0.2, 0.7):
             metrics.processing.observe(seconds)
         unreachable = f"http://127.0.0.1:{dashboard_data.free_port()}/metrics"
-        client = create_app(search_only(settings), Options(metrics_urls=(endpoint.url, unreachable))).test_client()
+        client = client_for(settings, tmp_path, metrics_urls=(endpoint.url, unreachable))
         first = get_json(client, "/status")["endpoints"]
         assert first[1]["error"].startswith(f"cannot read {unreachable}:")
         consumer = first[0]
@@ -230,8 +236,8 @@ def test_status_reads_the_consumers_metrics_with_rates_and_lag(settings):
         endpoint.close()
 
 
-def test_status_without_a_metrics_url_says_how_to_get_one(settings):
-    html = create_app(search_only(settings)).test_client().get("/status").get_data(as_text=True)
+def test_status_without_a_metrics_url_says_how_to_get_one(settings, tmp_path):
+    html = client_for(settings, tmp_path).get("/status").get_data(as_text=True)
     assert "--metrics-port 9464" in html and "--metrics-url http://127.0.0.1:9464/metrics" in html
 
 
@@ -255,7 +261,7 @@ def test_no_key_reaches_any_page_and_pages_refuse_other_hosts(shown, settings):
 
 def test_an_unreachable_meilisearch_is_a_503_page_not_a_crash(settings):
     down = search_only(settings).with_overrides(meili_url="http://127.0.0.1:9")
-    response = create_app(down).test_client().get("/")
+    response = create_app(down, Options()).test_client().get("/")
     assert response.status_code == 503
     assert "cannot reach http://127.0.0.1:9" in response.get_data(as_text=True)
 

@@ -34,7 +34,8 @@ def dashboard(settings, tmp_path):
     port = dashboard_data.free_port()
     log = open(tmp_path / "dashboard.log", "wb")
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "visualize" / "dashboard.py"), "--port", str(port),
-                                "--mapreduce-dir", str(tmp_path / "none")],
+                                "--mapreduce-dir", str(tmp_path / "none"), "--consumer-summary",
+                                str(tmp_path / "none.json")],
                                env=script_env(settings, MEILI_MASTER_KEY="", MEILI_ADMIN_KEY=""), cwd=REPO_ROOT,
                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -294,6 +294,7 @@ def test_script_prints_tables_and_writes_every_png(settings, known_index, tmp_pa
     out = tmp_path / "charts"
     result = subprocess.run(
         [PYTHON, "visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(tmp_path / "mapreduce"),
+         "--duplicates-dir", str(tmp_path / "no-duplicates"),
          "--consumer-summary", str(summary_file), "--limit", "4", "--tablefmt", "github"],
         cwd=REPO, env=script_env(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -159,7 +159,8 @@ def test_an_index_without_its_settings_is_read_document_by_document(settings, tm
 
     index_documents(settings, [make_doc(i, settings) for i in range(30)], apply_settings=False)
     result = subprocess.run([PYTHON, "visualize/visualize.py", "--previews", "0", "--out", str(tmp_path),
-                             "--mapreduce-dir", str(tmp_path / "none"), "--sort", "file_name"],
+                             "--mapreduce-dir", str(tmp_path / "none"), "--duplicates-dir", str(tmp_path / "none"),
+                             "--sort", "file_name"],
                             cwd=REPO, env=script_env(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "cannot be counted with facets" in result.stderr and "reading every document instead" in result.stderr
