@@ -6,17 +6,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv debian-packages up status down test demo bench clean
+.PHONY: help venv debian-packages up status down test demo bench clean dashboard
 
 # Debian packages the tests need, one per line so additions merge cleanly; installed when missing.
 DEBIAN_PACKAGES += cloud-init  # `cloud-init schema` checks deploy/imgpipe.yaml's user data
 DEBIAN_PACKAGES += systemd     # `systemd-analyze verify` checks deploy/systemd/
+DEBIAN_PACKAGES += chromium chromium-driver  # the dashboard's browser tests drive Chromium
+DEBIAN_PACKAGES += fonts-dejavu-core         # ... which needs a font to render its pages
 
 help:
 	@echo "make demo    run the whole pipeline on the local stack (installs on first run)"
 	@echo "make test    run the unit and integration tests (starts the stack it needs)"
 	@echo "make up | status | down   start, check, stop the local stack"
 	@echo "make bench   measure throughput, latency and memory against their floors"
+	@echo "make dashboard   the web dashboard on http://127.0.0.1:8888 (search, charts, dead letters, status)"
 
 venv: $(STAMP)
 
@@ -47,6 +50,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+dashboard: $(STAMP)
+	$(PY) visualize/dashboard.py $(DASHBOARD_ARGS)
 
 clean: down
 	rm -rf .local out

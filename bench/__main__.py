@@ -9,7 +9,9 @@ decompression bombs. The upload latency (PUT -> searchable through S3 Event Noti
 the producer's SQS mode) runs against a moto server started for it, the only local S3 that
 sends notifications. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
-time to write the 1,000,000-row MapReduce input (--quick: under 30 seconds).
+time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
+1,000,000 documents visualize.py runs on (kept in the local MeiliSearch for later runs;
+--quick: under a minute).
 
 Settings come from the environment and .env like every script (KAFKA_*, S3_*, MEILI_*,
 CONSUMER_BATCH_SIZE and CONSUMER_BATCH_MS for the consumer runs, LOCAL_STATE_DIR for the
@@ -44,6 +46,8 @@ def build_parser():
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.json goes")
     p.add_argument("--photos", type=int, help="photo-like 1280x960 JPEGs in the corpus (default 500)")
     p.add_argument("--mapreduce-rows", type=int, help="rows of the MapReduce input (default 1,000,000)")
+    p.add_argument("--visualize-documents", metavar="SMALL,LARGE",
+                   help="documents in the two indexes visualize.py runs on (default 100000,1000000)")
     p.add_argument("--hadoop", action=argparse.BooleanOptionalAction, default=None,
                    help="run the Hadoop local runner (default: yes, unless --quick or no Java)")
     p.add_argument("--keep-logs", type=Path, metavar="DIR",
@@ -73,6 +77,14 @@ def config_from(args):
         if args.mapreduce_rows < 1:
             raise UserError("--mapreduce-rows must be at least 1")
         config = replace(config, mapreduce_rows=args.mapreduce_rows)
+    if args.visualize_documents is not None:
+        try:
+            small, large = (int(n) for n in args.visualize_documents.split(","))
+        except ValueError:
+            raise UserError("--visualize-documents takes two whole numbers, SMALL,LARGE") from None
+        if not 1 <= small < large:
+            raise UserError("--visualize-documents: SMALL must be at least 1 and below LARGE")
+        config = replace(config, visualize_documents=(small, large))
     if args.hadoop is not None:
         config = replace(config, hadoop=args.hadoop)
     return config

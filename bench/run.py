@@ -36,6 +36,8 @@ class BenchConfig:
     hadoop: bool
     latency_seconds: float  # how long the steady load of the latency run lasts
     max_idle_seconds: float  # the consumer stops after this long without messages
+    visualize_documents: tuple[int, int] = (100_000, 1_000_000)  # the two indexes visualize.py runs on
+    keep_visualize_indexes: bool = True  # they take minutes to build: kept for the next run
     label: str = "full"
 
 
@@ -44,12 +46,13 @@ FULL = BenchConfig(corpus=bench_corpus.FULL, passes=3, producer_messages=100_000
                    max_idle_seconds=4)
 QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000, index_documents=200,
                     naive_documents=20, mapreduce_rows=5000, hadoop=False, latency_seconds=4,
-                    max_idle_seconds=3, label="quick")
+                    max_idle_seconds=3, visualize_documents=(1000, 10_000), keep_visualize_indexes=False,
+                    label="quick")
 
 
 # The steps, in the order they run (`--only` picks some). The pipeline's floor is the
 # in-memory processing rate, so without in_memory its ratios are left empty.
-GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce")
+GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce", "visualize")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
 PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency", "seed-design-0",
                  "seed-design-1", "seed-pipeline-0", "seed-pipeline-1")
@@ -344,6 +347,21 @@ class Bench:
 
         self.guarded(["mapreduce_duplicates", "duplicates_precision", "duplicates_recall"],
                      ["rows/s", "share", "share"], duplicates)
+
+    def visualize(self) -> None:
+        from bench.visualize import visualize_figures
+
+        small, large = self.config.visualize_documents
+
+        def body() -> None:
+            step(f"visualize: visualize.py on indexes of {small:,} and {large:,} generated documents "
+                 "(built once, then kept)" if self.config.keep_visualize_indexes else
+                 f"visualize: visualize.py on indexes of {small:,} and {large:,} generated documents")
+            self.add(*visualize_figures(self.settings, small, large, self.work, self.config.passes,
+                                        keep=self.config.keep_visualize_indexes, show_progress=self.show_progress))
+
+        self.guarded(["visualize_100k", "visualize_100k_peak_rss_mb", "visualize_1m", "visualize_1m_peak_rss_mb"],
+                     ["s", "MB", "s", "MB"], body)
 
     # --- clean-up ---------------------------------------------------------------------------
     def clean_up(self) -> None:

@@ -27,46 +27,13 @@ if __package__ in (None, ""):
     # Run as a file (python consumer/redrive.py): the repo root must be importable for imgpipe & co.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imgpipe import cli, kafka
+from imgpipe import cli, deadletters, kafka
+from imgpipe.deadletters import DeadLetter
 from imgpipe.errors import InfrastructureError, UserError
 from imgpipe.events import parse_iso
 from imgpipe.settings import Settings, load_settings
 
 STAGES = ("validate", "fetch", "guard", "budget", "decode", "process", "store", "index")
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    partition: int  # in the dead-letter topic
-    offset: int
-    headers: dict[str, str]
-    key: bytes | None
-    value: bytes | None
-
-    @property
-    def stage(self) -> str:
-        return self.headers.get("stage", "")
-
-    @property
-    def failed_at(self) -> datetime | None:
-        return parse_iso(self.headers.get("failed_at", ""))
-
-    @property
-    def cut(self) -> bool:
-        """The dead letter holds only part (or none) of the original key or value."""
-        return any(h in self.headers for h in ("key_truncated", "value_truncated", "original_dropped"))
-
-    @property
-    def source(self) -> tuple[str, int, int] | None:
-        try:
-            return (self.headers["source_topic"], int(self.headers["source_partition"]),
-                    int(self.headers["source_offset"]))
-        except (KeyError, ValueError):
-            return None
-
-    def shown_key(self) -> str:
-        text = (self.key or b"").decode("utf-8", "replace")
-        return cli.printable(text[:80] + ("…" if len(text) > 80 or self.cut else ""))
 
 
 @dataclass(frozen=True)
@@ -89,10 +56,7 @@ class Filters:
         return not (self.until and when >= self.until)
 
 
-def read_dead_letters(settings: Settings):
-    for msg in kafka.iter_messages(settings, settings.kafka_dead_letter_topic):
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
-        yield DeadLetter(msg.partition(), msg.offset(), headers, msg.key(), msg.value())
+read_dead_letters = deadletters.read_all
 
 
 def original_of(settings: Settings, letter: DeadLetter) -> tuple[bytes | None, bytes | None] | None:

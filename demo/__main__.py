@@ -92,6 +92,7 @@ def print_summary(report, settings) -> None:
     print(f"\nThe stack keeps running. Try:\n"
           f"  .venv/bin/python visualize/search.py photo --filter 'faces > 0' --sort timestamp:desc\n"
           f"  kcat -b {settings.kafka_bootstrap_servers} -L\n"
+          f"  make dashboard    # then open http://127.0.0.1:8888/ in a browser: search, charts, dead letters\n"
           f"and `make down` to stop it.")
 
 

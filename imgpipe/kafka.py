@@ -226,6 +226,32 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
         reader.close()
 
 
+def watermarks(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high): the first offset still retained and the offset the next message gets."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    reader = consumer(settings, group_id="imgpipe-offsets-reader")
+    try:
+        metadata = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaError("reading offsets of", topic, "UNKNOWN_TOPIC_OR_PART", "no such topic", NOT_FOUND)
+        return {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in metadata.partitions}
+    except KafkaException as exc:
+        raise translate(exc, "reading offsets of", topic) from None
+    finally:
+        reader.close()
+
+
+def read_latest(settings: Settings, topic: str, count: int, timeout: float = 10.0) -> list:
+    """The last `count` messages of `topic`, newest first (by message timestamp): at most `count`
+    from the end of each partition are read, whatever the topic holds."""
+    ends = watermarks(settings, topic, timeout)
+    start = {p: max(low, high - count) for p, (low, high) in ends.items()}
+    messages = read_messages(settings, topic, start, {p: high for p, (_, high) in ends.items()}, timeout)
+    messages.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()), reverse=True)
+    return messages[:count]
+
+
 def iter_messages(settings: Settings, topic: str, start: dict[int, int] | None = None,
                   end: dict[int, int] | None = None, timeout: float = 30.0) -> Iterator:
     """The messages of `topic` from `start` (default: the beginning) up to `end` (default: the high

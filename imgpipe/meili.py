@@ -28,12 +28,12 @@ class MeiliError(ServiceError):
     invalid_search_filter, ...) and the `kind` it means."""
 
     def __init__(self, operation: str, url: str, index: str | None, code: str, message: str, kind: str,
-                 status: int | None = None):
+                 status: int | None = None, summary: str | None = None):
         target = f"index {index!r}" if index else ""
         # The retry log and the one-line error say what to check, not a traceback's words.
-        summary = {"MeilisearchCommunicationError": f"cannot reach {url} (connection failed; is "
-                                                    "MeiliSearch running? `make up` starts the local one)",
-                   "MeilisearchTimeoutError": f"{url} did not answer in time ({operation})"}.get(code)
+        summary = summary or {"MeilisearchCommunicationError": f"cannot reach {url} (connection failed; is "
+                                                               "MeiliSearch running? `make up` starts the local one)",
+                              "MeilisearchTimeoutError": f"{url} did not answer in time ({operation})"}.get(code)
         super().__init__("meilisearch", operation, target, code, message, kind, status, summary=summary)
         self.url = url
         self.index = index
@@ -125,6 +125,41 @@ def wait_for_task(meili_client, settings: Settings, task_uid: int, what: str, in
         raise MeiliError(f"{what} (task {task_uid} {task.status})", settings.meili_url, index,
                          str(error.get("code", "")), str(error.get("message", "")), FAILED)
     return task
+
+
+# --- searching and counting with the search-only key ---------------------------------------------
+
+def search(settings: Settings, index: str, query: str = "", params: dict | None = None,
+           operation: str = "searching") -> dict:
+    """MeiliSearch's answer to one search of `index`, read with the search-only key."""
+    with errors(operation, settings, index):
+        return search_client(settings).index(index).search(query, dict(params or {}))
+
+
+@dataclass(frozen=True)
+class FacetCounts:
+    """What a placeholder search with `limit: 0` says about the documents matching a filter:
+    per facet, the exact number of documents holding each value (at most `maxValuesPerFacet`
+    values per facet), and the min and max of the numeric facets. No document is read."""
+
+    distribution: dict[str, dict[str, int]]
+    stats: dict[str, dict[str, float]]
+
+    def counts(self, facet: str) -> dict[str, int]:
+        return dict(self.distribution.get(facet) or {})
+
+    def total(self, facet: str) -> int:
+        return sum(self.counts(facet).values())
+
+
+def facet_counts(settings: Settings, index: str, facets: Iterable[str], filter_: str | None = None) -> FacetCounts:
+    """Facet distribution and stats of `facets` (filterable attributes) over the documents
+    matching `filter_`. A hit count would not do: MeiliSearch caps it at maxTotalHits (1000)."""
+    params: dict = {"limit": 0, "facets": list(facets)}
+    if filter_:
+        params["filter"] = filter_
+    response = search(settings, index, "", params, operation="counting documents of")
+    return FacetCounts(response.get("facetDistribution") or {}, response.get("facetStats") or {})
 
 
 # --- reading every document -----------------------------------------------------------------------
@@ -328,6 +363,31 @@ def index_exists(settings: Settings, index: str, key: str | None = None) -> bool
         if exc.kind == NOT_FOUND:
             return False
         raise
+
+
+def index_uids(settings: Settings, prefix: str = "") -> list[str]:
+    """Names of the indexes starting with `prefix` (indexing key)."""
+    with errors("listing indexes", settings):
+        found = client(settings).get_indexes({"limit": 10_000})["results"]
+    return sorted(i.uid for i in found if i.uid.startswith(prefix))
+
+
+def create_index(settings: Settings, index: str, index_settings: dict | None = None) -> None:
+    """Create the index keyed by `id`, apply `index_settings`, and wait for both."""
+    meili = client(settings)
+    with errors("creating", settings, index):
+        task = meili.create_index(index, {"primaryKey": "id"})
+    wait_for_task(meili, settings, task.task_uid, "creating the index", index)
+    if index_settings:
+        with errors("updating the settings of", settings, index):
+            task = meili.index(index).update_settings(index_settings)
+        wait_for_task(meili, settings, task.task_uid, "updating the index settings", index)
+
+
+def enqueue_documents(settings: Settings, index: str, documents: list[dict]) -> int:
+    """Send documents to be added or replaced; returns the task uid (wait_for_task waits for it)."""
+    with errors("adding documents to", settings, index):
+        return client(settings).index(index).add_documents(documents, primary_key="id").task_uid
 
 
 def document_count(settings: Settings, index: str) -> int:

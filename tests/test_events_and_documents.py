@@ -184,3 +184,31 @@ def test_the_descriptor_travels_in_vectors_under_the_embedder_with_the_agreed_di
     doc = to_document(event(), SourceObject(size=10), FEATURES, DerivedKeys.of("p/", "images", "raw/a.jpg"),
                       ProcessingRun("2026-01-01T00:00:02.000Z", 1.0), tuple(vector))
     assert doc["_vectors"] == {EMBEDDER: vector} and "_vectors" not in FIELDS
+
+
+# --- the fields the views count with facets -------------------------------------------------------
+
+def test_size_bins_are_fixed_ten_per_decade_and_exact_at_their_edges():
+    from imgpipe.document import SIZE_BIN_EDGES_KB, size_bin_kb
+
+    assert len(SIZE_BIN_EDGES_KB) == 101 and SIZE_BIN_EDGES_KB[:4] == (0.0, 0.01, 0.0125, 0.016)
+    assert list(SIZE_BIN_EDGES_KB) == sorted(set(SIZE_BIN_EDGES_KB))
+    assert size_bin_kb(1023) == 0.8 and size_bin_kb(1024) == 1.0  # 1 KiB is the edge itself
+    assert size_bin_kb(1279) == 1.0 and size_bin_kb(1280) == 1.25  # 1.25 KiB = 1280 bytes
+    assert size_bin_kb(3225) == 2.5 and size_bin_kb(3226) == 3.15  # 3.15 KiB = 3225.6 bytes
+    assert size_bin_kb(0) == 0.0 and size_bin_kb(10) == 0.0 and size_bin_kb(11) == 0.01
+    assert size_bin_kb(50 * 1024 * 1024) == 50_000.0
+    assert size_bin_kb(10 ** 15) == SIZE_BIN_EDGES_KB[-1]  # the last bin is open above
+
+
+def test_the_document_carries_its_size_bin_and_processing_hour_last():
+    from fixtures.documents import sample_documents
+    from imgpipe.document import FIELDS, hour_of, size_bin_kb
+
+    assert list(FIELDS)[-2:] == ["size_bin_kb", "processed_hour"]
+    for doc in sample_documents(50, awkward=False):
+        assert doc["size_bin_kb"] == size_bin_kb(doc["size_bytes"])
+        assert doc["size_bin_kb"] * 1024 <= doc["size_bytes"]
+        assert doc["processed_hour"] == int(doc["processed_at"][11:13])
+    assert hour_of("2026-11-25T23:30:00+02:00") == 21 and hour_of("2026-11-25T05:00:00") == 5
+    assert hour_of("not a time") is None

@@ -1,5 +1,6 @@
-"""visualize/: documents read from the real index (past maxTotalHits), tables, charts whose
-numbers equal the index's, thumbnail previews from S3, and the script's exit codes."""
+"""visualize/: counts from the real index's facets and documents read from it (past maxTotalHits),
+tables, charts whose numbers equal the index's, thumbnail previews from S3, and the script's exit
+codes. tests/test_visualize_aggregates.py compares the facet counts with the documents' at length."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from tests.helpers import admin
 from tests.test_visualize_data import (BASE_TIME, PYTHON, REPO, index_documents, make_doc, script_env, search_only,
                                       upload_thumbnails)
 from visualize import charts
+from visualize.aggregates import from_frame, from_index, top_documents
 from visualize.documents import read_csv, to_frame
 from visualize.mapreduce_output import find_output, ordered, parse_lines, read_summary
 from visualize.previews import fetch_thumbnails, preview_grid
@@ -141,16 +143,23 @@ def test_summary_tables_render_every_dimension(tmp_path):
 
 
 def test_size_histogram_bins_cover_every_image():
+    from imgpipe.document import SIZE_BIN_EDGES_KB
+
     settings = Settings()
     frame = to_frame([make_doc(i, settings) for i in range(200)])
-    chart = charts.size_histogram(frame)
+    chart = charts.size_histogram(from_frame(frame, "test"))
     assert int(chart.data["images"].sum()) == 200
     assert chart.data["from_kb"].iloc[0] <= frame["size_kb"].min()
-    assert chart.data["to_kb"].iloc[-1] >= frame["size_kb"].max()
+    assert chart.data["to_kb"].iloc[-1] > frame["size_kb"].max()
     assert 8 <= len(chart.data) <= 40
+    # Fixed bins, one after the other: what a facet on size_bin_kb counts.
+    first = SIZE_BIN_EDGES_KB.index(chart.data["from_kb"].iloc[0])
+    assert list(chart.data["from_kb"]) == list(SIZE_BIN_EDGES_KB[first:first + len(chart.data)])
+    assert list(chart.data["to_kb"].iloc[:-1]) == list(chart.data["from_kb"].iloc[1:])
     # One size for every image still gives one bar, not a crash.
     same = to_frame([make_doc(i, settings, size_kb=12.5) for i in range(3)])
-    assert charts.size_histogram(same).data["images"].tolist() == [3]
+    data = charts.size_histogram(from_frame(same, "test")).data
+    assert data.to_dict("records") == [{"from_kb": 12.5, "to_kb": 16.0, "images": 3}]
 
 
 # --- reading the real index -----------------------------------------------------------------
@@ -206,19 +215,22 @@ def known_index(settings):
 @pytest.mark.integration
 def test_chart_numbers_equal_the_index(settings, known_index, tmp_path):
     docs = known_index
-    frame = read_index(search_only(settings), show_progress=False)
-    assert len(frame) == 60
+    counts = from_index(search_only(settings), settings.meili_index)
+    assert counts.method == "facets" and counts.images == 60
 
-    size = charts.size_histogram(frame)
+    size = charts.size_histogram(counts)
     assert int(size.data["images"].sum()) == 60
-    hours = charts.hour_distribution(frame)
+    sizes = [d["size_kb"] for d in docs]
+    assert [sum(1 for kb in sizes if row["from_kb"] <= kb < row["to_kb"]) for row in size.data.to_dict("records")] \
+        == size.data["images"].tolist()
+    hours = charts.hour_distribution(counts)
     expected_hours = Counter(int(d["processed_at"][11:13]) for d in docs)
     assert list(hours.data.index) == list(range(24))
     assert hours.data.to_dict() == {h: expected_hours.get(h, 0) for h in range(24)}
-    formats = charts.format_breakdown(frame)
+    formats = charts.format_breakdown(counts)
     assert formats.data.to_dict() == dict(Counter(d["format"] for d in docs))
     assert list(formats.data.index) == ["jpeg", "png", "webp"]  # most common first
-    faces = charts.face_distribution(frame)
+    faces = charts.face_distribution(counts)
     counts = Counter(d["faces"] for d in docs)
     assert faces.data.to_dict() == {"0": counts[0], "1": counts[1], "2": counts[2], "3": counts[3],
                                     **{str(n): 0 for n in range(4, 10)}, "10+": counts[12]}
@@ -233,11 +245,18 @@ def test_chart_numbers_equal_the_index(settings, known_index, tmp_path):
         assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in axes), chart.name
     assert png_size(tmp_path / "size_distribution.png") == (900, 500)
 
+    # The same charts from every document read: the same numbers.
+    every = from_frame(read_index(search_only(settings), show_progress=False), "test")
+    for chart in charts.distribution_charts(every):
+        assert chart.data.equals({c.name: c for c in (size, hours, formats, faces)}[chart.name].data), chart.name
+
 
 @pytest.mark.integration
 def test_recent_images_table_and_totals(settings, known_index):
-    frame = read_index(search_only(settings), show_progress=False)
-    recent = recent_images(frame, limit=3, sort="timestamp:desc")
+    reader = search_only(settings)
+    recent = to_frame(top_documents(reader, reader.meili_index, "timestamp:desc", 3))
+    frame = read_index(reader, show_progress=False)
+    assert recent["id"].tolist() == recent_images(frame, limit=3, sort="timestamp:desc")["id"].tolist()
     assert list(recent["file_name"]) == ["photo_00059.webp", "photo_00058.png", "photo_00057.png"]
     rows = image_rows(recent)
     doc = known_index[59]
@@ -245,18 +264,20 @@ def test_recent_images_table_and_totals(settings, known_index):
                        str(doc["faces"]), "2025-11-24 16:36:23"]
     text = render(rows, ["file_name", "size_kb", "width×height", "format", "faces", "timestamp (UTC)"])
     assert "photo_00057.png" in text and "2025-11-24 16:36:23" in text
-    by_size = recent_images(frame, limit=1, sort="size_kb:desc")
-    assert by_size["size_kb"].iloc[0] == max(d["size_kb"] for d in known_index)
-    block = dict(totals(frame, dead_lettered=4))
+    by_size = top_documents(reader, reader.meili_index, "size_kb:desc", 1)
+    assert by_size[0]["size_kb"] == max(d["size_kb"] for d in known_index)
+    counts = from_index(reader, reader.meili_index)
+    block = dict(totals(counts, dead_lettered=4))
     assert block["images"] == "60"
     assert block["dead-lettered"] == "4"
-    assert "dead-lettered" not in dict(totals(frame))
+    assert "dead-lettered" not in dict(totals(counts))
+    assert block["images with faces"] == str(sum(1 for d in known_index if d["faces"] > 0))
 
 
 @pytest.mark.integration
 def test_previews_skip_a_missing_thumbnail_and_name_it(settings, known_index, tmp_path):
-    frame = read_index(search_only(settings), show_progress=False)
-    recent = recent_images(frame, limit=15, sort="timestamp:desc").to_dict("records")
+    reader = search_only(settings)
+    recent = top_documents(reader, reader.meili_index, "timestamp:desc", 15)
     thumbs, skipped = fetch_thumbnails(s3.client(settings), settings.s3_bucket, recent, limit=5)
     assert [t.file_name for t in thumbs] == ["photo_00059.webp", "photo_00057.png", "photo_00056.png",
                                              "photo_00055.jpeg", "photo_00054.jpeg"]
@@ -282,6 +303,7 @@ def test_script_prints_tables_and_writes_every_png(settings, known_index, tmp_pa
     out = tmp_path / "charts"
     result = subprocess.run(
         [PYTHON, "visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(tmp_path / "mapreduce"),
+         "--duplicates-dir", str(tmp_path / "no-duplicates"),
          "--consumer-summary", str(summary_file), "--limit", "4", "--tablefmt", "github"],
         cwd=REPO, env=script_env(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -293,7 +315,7 @@ def test_script_prints_tables_and_writes_every_png(settings, known_index, tmp_pa
     names = ["size_distribution", "processing_hours", "formats", "faces", "mapreduce_summary", "previews"]
     for name in names:
         path = out / f"{name}.png"
-        assert f"wrote {path}" in stdout
+        assert f"wrote {path}  (numbers: " in stdout
         width, height = png_size(path)
         assert width >= 400 and height >= 250
     assert png_size(out / "size_distribution.png") == (900, 500)
@@ -302,6 +324,14 @@ def test_script_prints_tables_and_writes_every_png(settings, known_index, tmp_pa
     assert "preview of photo_00058.png skipped: thumbnail not found" in result.stderr
     assert known_index[58]["thumbnail_key"] in result.stderr
     assert "Traceback" not in result.stderr
+    # Counted with facets, 15 documents read (the table's 4 and 3 candidates per preview slot).
+    index = settings.meili_index
+    assert f"wrote {out / 'formats.png'}  (numbers: MeiliSearch facets of index '{index}': format)" in stdout
+    assert f"wrote {out / 'mapreduce_summary.png'}  (numbers: MapReduce output {mapreduce})" in stdout
+    assert f"60 images from index '{index}' (MeiliSearch facets, 15 documents read), 6 PNG file(s)" in stdout
+    assert f"Totals (counts: MeiliSearch facets of index '{index}'; sizes: bounds from the size bins)" in stdout
+    # The fake MapReduce output counts 9 images, not 60: its sizes are not used, and that is said.
+    assert "counts 9 images and the index 60: its sizes are left out" in result.stderr
 
 
 @pytest.mark.integration
@@ -311,9 +341,10 @@ def test_csv_input_gives_the_same_charts(settings, known_index, tmp_path, monkey
     csv = tmp_path / "metadata.csv"
     pd.DataFrame(known_index, columns=list(FIELDS)).to_csv(csv, index=False)
     from_csv = read_csv(csv)
-    from_index = read_index(search_only(settings), show_progress=False)
-    assert charts.format_breakdown(from_csv).data.to_dict() == charts.format_breakdown(from_index).data.to_dict()
-    assert charts.hour_distribution(from_csv).data.equals(charts.hour_distribution(from_index).data)
+    csv_counts = from_frame(from_csv, str(csv))
+    facets = from_index(search_only(settings), settings.meili_index)
+    for csv_chart, index_chart in zip(charts.distribution_charts(csv_counts), charts.distribution_charts(facets)):
+        assert csv_chart.data.equals(index_chart.data), csv_chart.name
     assert from_csv["phash"].tolist() == [d["phash"] for d in known_index]  # hex stays text
 
     monkeypatch.setenv("MEILI_URL", "http://127.0.0.1:9")  # --csv must not need MeiliSearch

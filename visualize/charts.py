@@ -1,5 +1,6 @@
-"""Charts built from data: each function takes the documents (or the MapReduce summary) and
-returns a `Chart` holding the figure and the exact numbers drawn, so tests can check both.
+"""Charts built from data: each function takes the counts (visualize.aggregates, from MeiliSearch
+facets or from documents) or the MapReduce summary and returns a `Chart` holding the figure and
+the exact numbers drawn, so tests can check both.
 
 Figures are `matplotlib.figure.Figure` objects, not pyplot ones: no global state, nothing to
 close, and no display needed (the Agg backend renders them).
@@ -16,14 +17,17 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from imgpipe.document import SIZE_BIN_EDGES_KB  # noqa: E402
+from visualize.aggregates import MAX_FACE_BAR, Aggregates, upper_edge  # noqa: E402
 from visualize.mapreduce_output import dimensions, ordered  # noqa: E402
 
 DPI = 100
 SIZE = (9.0, 5.0)  # inches: 900 x 500 pixels at DPI
 BAR = "#3b75af"
-MAX_FACE_BAR = 10  # faces above this share one "10+" bar
+MEDIAN = "#d1495b"
 MAX_DAYS = 31  # the MapReduce chart shows the latest days only
 
 
@@ -72,52 +76,55 @@ def _label_bars(ax, bars, values) -> None:
         ax.margins(y=0.12)
 
 
-def size_bins(sizes: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(bin edges in KiB, logarithmic?). Image sizes span orders of magnitude: past a 50x
-    range, equal-width bins would put nearly everything in the first bar."""
-    low, high = float(sizes.min()), float(sizes.max())
-    if high <= low:
-        return np.array([low - 0.5, high + 0.5]) if low >= 0.5 else np.array([0.0, high + 1.0]), False
-    count = int(min(40, max(8, math.ceil(math.sqrt(len(sizes))))))
-    if low > 0 and high / low > 50:
-        return np.geomspace(low, high, count + 1), True
-    edges = np.histogram_bin_edges(sizes, bins="auto")
-    if len(edges) - 1 > 40:
-        edges = np.linspace(low, high, 41)
-    return edges, False
+def _source(fig, text: str) -> None:
+    """Where the numbers come from, in small print at the bottom right."""
+    if text:
+        # Constrained layout leaves the bottom 3% to the note, so it never covers an axis label.
+        fig.get_layout_engine().set(rect=(0, 0.03, 1, 0.97))
+        fig.text(0.995, 0.005, f"numbers: {text}", ha="right", va="bottom", fontsize=7, color="0.45")
 
 
-def size_histogram(frame) -> Chart:
-    """Image size distribution. data: one row per bin (from_kb, to_kb, images)."""
-    sizes = frame["size_kb"].dropna().to_numpy(dtype=float)
+def size_histogram(aggregates: Aggregates) -> Chart:
+    """Image size distribution over the fixed bins of imgpipe.document.SIZE_BIN_EDGES_KB (ten
+    per decade, equal widths on the log axis), from the first bin that holds an image to the
+    last. data: one row per bin (from_kb, to_kb, images)."""
     fig = _figure()
     ax = fig.add_subplot()
-    if len(sizes) == 0:
+    held = aggregates.size_bins
+    if not held:
         data = pd.DataFrame(columns=["from_kb", "to_kb", "images"])
         _no_data(ax)
-        log_scale = False
     else:
-        edges, log_scale = size_bins(sizes)
-        counts, edges = np.histogram(sizes, bins=edges)
-        data = pd.DataFrame({"from_kb": edges[:-1], "to_kb": edges[1:], "images": counts})
-        ax.hist(sizes, bins=edges, color=BAR, edgecolor="white", linewidth=0.6)
-        median = float(np.median(sizes))
-        ax.axvline(median, color="#d1495b", linestyle="--", linewidth=1.5,
-                   label=f"median {median:,.1f} KiB")
-        ax.legend(frameon=False)
-        if log_scale:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    _style(ax, f"Image size distribution ({_images(len(sizes))})",
-           "Image size (KiB" + (", log scale)" if log_scale else ")"), "Images (count)")
+        first, last = SIZE_BIN_EDGES_KB.index(min(held)), SIZE_BIN_EDGES_KB.index(max(held))
+        edges = SIZE_BIN_EDGES_KB[first:last + 1]
+        data = pd.DataFrame({"from_kb": list(edges), "to_kb": [upper_edge(e) for e in edges],
+                             "images": [held.get(e, 0) for e in edges]})
+        # The bin at 0 (under 0.01 KiB) is drawn one bin wide: a log axis has no 0.
+        left = [e if e > 0 else upper_edge(e) / 1.25 for e in edges]
+        widths = [upper_edge(e) - x for e, x in zip(edges, left)]
+        counts = data["images"].to_numpy()
+        median = _median_bin(counts)
+        colours = [MEDIAN if i == median else BAR for i in range(len(counts))]
+        ax.bar(left, counts, width=widths, align="edge", color=colours, edgecolor="white", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        low, high = data.iloc[median][["from_kb", "to_kb"]]
+        ax.legend(handles=[Patch(color=MEDIAN, label=f"median in {low:,g}–{high:,g} KiB")], frameon=False)
+    _style(ax, f"Image size distribution ({_images(int(data['images'].sum()))})",
+           "Image size (KiB, log scale, 10 bins per decade)", "Images (count)")
+    _source(fig, aggregates.chart_sources.get("size_distribution", ""))
     return Chart("size_distribution", fig, data)
 
 
-def hour_distribution(frame) -> Chart:
+def _median_bin(counts) -> int:
+    """Index of the bin holding the median image (the lower middle one of an even count)."""
+    return int(np.searchsorted(np.cumsum(counts), (int(np.sum(counts)) + 1) // 2))
+
+
+def hour_distribution(aggregates: Aggregates) -> Chart:
     """Images processed per hour of the day (UTC). data: Series hour 0..23 -> images."""
-    times = pd.to_datetime(frame["processed_at"], utc=True, errors="coerce", format="ISO8601").dropna()
-    data = times.dt.hour.value_counts().reindex(range(24), fill_value=0).rename("images")
-    data.index.name = "hour"
+    data = pd.Series([aggregates.hours.get(h, 0) for h in range(24)], index=pd.RangeIndex(24, name="hour"),
+                     name="images", dtype="int64")
     fig = _figure()
     ax = fig.add_subplot()
     bars = ax.bar(data.index, data.to_numpy(), color=BAR, width=0.8)
@@ -126,13 +133,14 @@ def hour_distribution(frame) -> Chart:
     ax.set_xlim(-0.7, 23.7)
     _style(ax, f"Processing hour distribution ({_images(int(data.sum()))})", "Hour of day (UTC)",
            "Images processed (count)")
+    _source(fig, aggregates.chart_sources.get("processing_hours", ""))
     return Chart("processing_hours", fig, data)
 
 
-def format_breakdown(frame) -> Chart:
+def format_breakdown(aggregates: Aggregates) -> Chart:
     """Images per format, most common first. data: Series format -> images."""
-    data = frame["format"].dropna().astype(str).value_counts().rename("images")
-    data.index.name = "format"
+    data = pd.Series(list(aggregates.formats.values()), index=pd.Index(list(aggregates.formats), name="format"),
+                     name="images", dtype="int64")
     fig = _figure()
     ax = fig.add_subplot()
     if data.empty:
@@ -146,30 +154,46 @@ def format_breakdown(frame) -> Chart:
         ax.margins(x=0.15)
         _room_for(ax, len(data), slots=4, axis="y")
     _style(ax, f"Format breakdown ({_images(int(data.sum()))})", "Images (count)", "Format", counts_on="x")
+    _source(fig, aggregates.chart_sources.get("formats", ""))
     return Chart("formats", fig, data)
 
 
-def face_distribution(frame) -> Chart:
+def face_distribution(aggregates: Aggregates) -> Chart:
     """Images per number of detected faces. data: Series with labels "0", "1", ... "10+"."""
-    faces = frame["faces"].dropna().astype(int)
-    top = min(int(faces.max()) if len(faces) else 0, MAX_FACE_BAR)
+    counted = aggregates.faces_counted
+    top = min(aggregates.faces_max if aggregates.faces_max is not None else 0, MAX_FACE_BAR)
     labels = [str(n) for n in range(top + 1)]
-    counts = [int((faces == n).sum()) for n in range(top + 1)]
-    if len(faces) and faces.max() >= MAX_FACE_BAR:
+    counts = [aggregates.faces.get(n, 0) for n in range(top + 1)]
+    if aggregates.faces_many:
         labels[-1] = f"{MAX_FACE_BAR}+"
-        counts[-1] = int((faces >= MAX_FACE_BAR).sum())
-    data = pd.Series(counts, index=pd.Index(labels, name="faces"), name="images")
+        counts[-1] = aggregates.faces_many
+    data = pd.Series(counts, index=pd.Index(labels, name="faces"), name="images", dtype="int64")
     fig = _figure()
     ax = fig.add_subplot()
-    if faces.empty:
+    if not counted:
         _no_data(ax)
     else:
         bars = ax.bar(labels, counts, color=BAR, width=0.7)
         _label_bars(ax, bars, counts)
         _room_for(ax, len(labels))
-    _style(ax, f"Face count distribution ({_images(len(faces))})", "Faces detected per image",
-           "Images (count)")
+    _style(ax, f"Face count distribution ({_images(counted)})", "Faces detected per image", "Images (count)")
+    _source(fig, aggregates.chart_sources.get("faces", ""))
     return Chart("faces", fig, data)
+
+
+def distribution_charts(aggregates: Aggregates) -> list[Chart]:
+    """The four charts of the counts, in the order visualize.py writes them."""
+    return [size_histogram(aggregates), hour_distribution(aggregates), format_breakdown(aggregates),
+            face_distribution(aggregates)]
+
+
+def png_bytes(chart: Chart) -> bytes:
+    """The chart as PNG bytes, rendered in memory (what the dashboard serves)."""
+    import io
+
+    buffer = io.BytesIO()
+    chart.figure.savefig(buffer, format="png", dpi=chart.figure.dpi)
+    return buffer.getvalue()
 
 
 _AXIS_LABELS = {"format": "Format", "hour": "Hour of day (UTC)", "day": "Day (UTC)",

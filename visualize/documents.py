@@ -10,7 +10,8 @@ from imgpipe.document import FIELDS
 from imgpipe.errors import UserError
 
 NUMERIC_FIELDS = ("size_bytes", "size_kb", "width", "height", "channels", "bit_depth", "megapixels",
-                  "mean_brightness", "sharpness", "edge_density", "faces", "timestamp", "processing_ms")
+                  "mean_brightness", "sharpness", "edge_density", "faces", "timestamp", "processing_ms",
+                  "size_bin_kb", "processed_hour")
 
 
 def to_frame(docs: Iterable[dict]):

@@ -86,21 +86,27 @@ def human_size(kib: float) -> str:
     return f"{kib:,.1f} KiB"
 
 
-def totals(frame, dead_lettered: int | None = None) -> list[tuple[str, str]]:
-    """The totals block: (label, value) rows. Dead-lettered appears only when it is known."""
-    sizes = frame["size_kb"].dropna()
-    rows = [("images", f"{len(frame):,}"), ("total size", human_size(float(sizes.sum())))]
-    if len(sizes):
-        rows.append(("mean size", human_size(float(sizes.mean()))))
-    formats = frame["format"].dropna()
-    if len(formats):
-        rows.append(("formats", ", ".join(f"{k} {v:,}" for k, v in formats.value_counts().items())))
-    faces = frame["faces"].dropna()
-    if len(faces):
-        rows.append(("images with faces", f"{int((faces > 0).sum()):,}"))
-    stamps = frame["timestamp"].dropna()
-    if len(stamps):
-        rows.append(("modified (UTC)", f"{utc_time(stamps.min())} .. {utc_time(stamps.max())}"))
+def totals(aggregates, dead_lettered: int | None = None) -> list[tuple[str, str]]:
+    """The totals block of visualize.aggregates.Aggregates: (label, value) rows. Sizes are exact
+    when the counts carry a total (documents, MapReduce output), else the bounds the size bins
+    give; dead-lettered appears only when it is known."""
+    rows = [("images", f"{aggregates.images:,}")]
+    if aggregates.size_total_kb is not None:
+        rows.append(("total size", human_size(aggregates.size_total_kb)))
+        if aggregates.size_total_images:
+            rows.append(("mean size", human_size(aggregates.size_total_kb / aggregates.size_total_images)))
+    elif aggregates.sized:
+        low, high = aggregates.size_bounds_kb
+        rows.append(("total size", f"{human_size(low)} to {human_size(high)} (bounds from the size bins)"))
+        rows.append(("mean size", f"{human_size(low / aggregates.sized)} to {human_size(high / aggregates.sized)}"))
+    else:
+        rows.append(("total size", human_size(0.0)))
+    if aggregates.formats:
+        rows.append(("formats", ", ".join(f"{k} {v:,}" for k, v in aggregates.formats.items())))
+    if aggregates.faces_counted:
+        rows.append(("images with faces", f"{aggregates.with_faces:,}"))
+    if aggregates.modified:
+        rows.append(("modified (UTC)", f"{utc_time(aggregates.modified[0])} .. {utc_time(aggregates.modified[1])}"))
     if dead_lettered is not None:
         rows.append(("dead-lettered", f"{dead_lettered:,}"))
     return rows

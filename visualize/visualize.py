@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Show what the pipeline indexed: terminal tables, PNG charts and thumbnail previews.
 
-Reads every document of the MeiliSearch index with the search-only key (or an exported CSV
-with --csv) and the latest MapReduce output under --mapreduce-dir when there is one. Prints
-the most recent images, the MapReduce summaries and a totals block; writes size, processing
-hour, format, face-count and MapReduce charts plus a grid of up to 5 thumbnails from S3.
+Counts the index with MeiliSearch facets (search-only key; no document is read for the charts,
+so time and memory do not grow with the index) and reads only the few documents the
+recent-images table and the previews show, by one sorted search. --all-documents reads every
+document instead (any --sort field; memory grows with the index), as does --csv for an exported
+CSV. The latest MapReduce output under --mapreduce-dir adds its summaries, its chart and, when it
+counts the same images, the exact total size. Prints the most recent images, the MapReduce
+summaries and a totals block; writes size, processing hour, format, face-count and MapReduce
+charts plus a grid of up to 5 thumbnails from S3, and says where each one's numbers came from.
 
 The dead-lettered count is shown when known: --dead-lettered N, or else the integer
 "dead_lettered" of the JSON object in --consumer-summary (out/consumer_summary.json).
@@ -21,6 +25,7 @@ import json
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 if __name__ == "__main__" and __package__ in (None, ""):
@@ -47,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cli.parser("visualize/visualize.py", __doc__, [
         "python visualize/visualize.py                                # index MEILI_INDEX -> out/",
-        "python visualize/visualize.py --limit 20 --sort size_kb:desc --tablefmt github",
         "python visualize/visualize.py --csv out/image_metadata.csv --previews 0 --out /tmp/charts",
+        "python visualize/visualize.py --all-documents --sort sha256   # read every document, sort by any field",
         "MEILI_INDEX=cats python visualize/visualize.py --dead-lettered 3"])
     p.add_argument("--index", help="MeiliSearch index to read (env MEILI_INDEX)")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="read documents from this exported CSV instead of MeiliSearch")
+    p.add_argument("--all-documents", action="store_true",
+                   help="read every document instead of counting with facets (memory and time grow with the index; "
+                   "--sort may then name any field)")
     p.add_argument("--mapreduce-dir", type=Path, default=DEFAULT_MAPREDUCE_DIR, metavar="DIR",
                    help="where the MapReduce part-* files are; the newest set below DIR is used")
     p.add_argument("--duplicates-dir", type=Path, default=DEFAULT_DUPLICATES_DIR, metavar="DIR",
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="where the PNG files go")
     p.add_argument("--limit", type=int, default=10, help="rows of the recent-images table")
     p.add_argument("--sort", default="timestamp:desc", metavar="FIELD[:asc|desc]",
-                   help="order of the recent-images table and of the previews")
+                   help="order of the recent-images table and of the previews (a sortable attribute of "
+                   "INDEX_SETTINGS unless every document is read)")
     p.add_argument("--tablefmt", default="simple", choices=tabulate_formats, metavar="FORMAT",
                    help="tabulate table format: simple, github, grid, psql, plain, ...")
     p.add_argument("--dead-lettered", type=int, metavar="N", help="dead-lettered count for the totals")
@@ -109,32 +118,83 @@ def dead_lettered_count(explicit: int | None, summary_file: Path) -> int | None:
     return value
 
 
-def print_tables(frame, summary, args, dead_lettered: int | None) -> None:
-    from visualize.tables import RECENT_COLUMNS, image_rows, recent_images, render, summary_tables, totals
+@dataclass
+class View:
+    """What the tables and charts show: the counts, and the few documents shown one by one."""
 
-    recent = recent_images(frame, args.limit, args.sort)
-    print(f"Most recent images ({len(recent):,} of {len(frame):,}, by {args.sort})")
+    aggregates: object  # visualize.aggregates.Aggregates
+    first: object  # DataFrame: documents in --sort order, as many as the table and previews need
+    source: str
+    frame: object = None  # DataFrame of every document, when they were all read
+    read: int = 0  # documents read
+
+
+def documents_view(frame, source: str, args) -> View:
+    from visualize.aggregates import from_frame
+    from visualize.tables import recent_images
+
+    wanted = max(args.limit, args.previews * 3)
+    return View(from_frame(frame, source), recent_images(frame, wanted, args.sort), source, frame, len(frame))
+
+
+def index_view(settings: Settings, args) -> View | None:
+    """Facet counts and the first documents by --sort; None when the index does not exist. An
+    index that cannot count with facets is read document by document instead (and says so)."""
+    from visualize import aggregates
+    from visualize.documents import to_frame
+
+    source = f"index {settings.meili_index!r}"
+    if not args.all_documents:
+        try:
+            try:
+                counts = aggregates.from_index(settings, settings.meili_index)
+            except meili.MeiliError as exc:
+                raise meili.as_user_error(exc) from None
+        except aggregates.FacetsUnavailable as exc:
+            print(cli.printable(f"warning: {source} cannot be counted with facets ({exc}); reading every document "
+                                "instead. The consumer applies the index settings when it starts."), file=sys.stderr)
+        else:
+            if counts is None:
+                return None
+            wanted = max(args.limit, args.previews * 3)
+            first = aggregates.top_documents(settings, settings.meili_index, args.sort, wanted) if counts.images else []
+            return View(counts, to_frame(first), source, read=len(first))
+    frame = read_index(settings, args.progress)
+    return None if frame is None else documents_view(frame, source, args)
+
+
+def print_tables(view: View, summary, args, dead_lettered: int | None) -> None:
+    from visualize.tables import RECENT_COLUMNS, image_rows, render, summary_tables, totals
+
+    counts = view.aggregates
+    recent = view.first.head(args.limit)
+    print(f"Most recent images ({len(recent):,} of {counts.images:,}, by {args.sort})")
     print(render(image_rows(recent), RECENT_COLUMNS, args.tablefmt))
     if summary is not None:
         for dimension, table in summary_tables(summary.frame, args.tablefmt):
             print(f"\nMapReduce summary by {dimension} ({summary.source})")
             print(table)
-    print("\nTotals")
-    print(render(totals(frame, dead_lettered), [], args.tablefmt))
+    sizes = counts.size_total_source or "bounds from the size bins"
+    print()
+    print(cli.printable(f"Totals (counts: {counts.source}; sizes: {sizes})"))
+    print(render(totals(counts, dead_lettered), [], args.tablefmt))
+    for note in counts.notes:
+        print(cli.printable(f"note: {note}"), file=sys.stderr)
 
 
-def write_charts(frame, summary, out: Path) -> list[Path]:
+def write_charts(counts, summary, out: Path) -> list[tuple[Path, str]]:
+    """(path, where its numbers came from) of each chart written."""
     from visualize import charts
 
-    built = [charts.size_histogram(frame), charts.hour_distribution(frame), charts.format_breakdown(frame),
-             charts.face_distribution(frame)]
+    built = [(chart, counts.chart_sources.get(chart.name, counts.source))
+             for chart in charts.distribution_charts(counts)]
     if summary is not None:
-        built.append(charts.mapreduce_summary(summary.frame))
+        built.append((charts.mapreduce_summary(summary.frame), f"MapReduce output {summary.source}"))
     written = []
-    for chart in built:
+    for chart, source in built:
         path = out / f"{chart.name}.png"
         chart.figure.savefig(path, dpi=charts.DPI)
-        written.append(path)
+        written.append((path, source))
     return written
 
 
@@ -179,14 +239,13 @@ def print_duplicates(found, tablefmt: str) -> None:
         print(render(duplicates.table_rows(groups, documents), ["kind", "images", "reclaimable", "files"], tablefmt))
 
 
-def write_previews(settings: Settings, frame, args) -> Path | None:
+def write_previews(settings: Settings, view: View, args) -> Path | None:
     """The thumbnail grid; None when no document had a readable thumbnail."""
     from visualize.previews import fetch_thumbnails, preview_grid
-    from visualize.tables import recent_images
 
     # A few more candidates than slots, so a missing thumbnail is replaced, but a bucket
     # without any thumbnails is not probed document by document.
-    candidates = recent_images(frame, args.previews * 3, args.sort).to_dict("records")
+    candidates = view.first.head(args.previews * 3).to_dict("records")
     thumbs, skipped = fetch_thumbnails(s3.client(settings), settings.s3_bucket, candidates, args.previews)
     for skip in skipped:
         where = f" (s3://{settings.s3_bucket}/{skip.key})" if skip.key else ""
@@ -206,6 +265,7 @@ def write_previews(settings: Settings, frame, args) -> Path | None:
 
 
 def visualize(args) -> int:
+    from visualize.aggregates import with_mapreduce
     from visualize.documents import read_csv
     from visualize.mapreduce_output import read_summary
     from visualize.previews import MAX_PREVIEWS
@@ -223,23 +283,24 @@ def visualize(args) -> int:
         settings = settings.with_overrides(meili_index=args.index)
 
     if args.csv:
-        frame, source = read_csv(args.csv), str(args.csv)
+        view = documents_view(read_csv(args.csv), str(args.csv), args)
     else:
-        frame, source = read_index(settings, args.progress), f"index {settings.meili_index!r}"
-        if frame is None:
+        view = index_view(settings, args)
+        if view is None:
             print(f"index {settings.meili_index!r} does not exist yet at {settings.meili_url}: nothing to show "
                   "(run the consumer first)")
             return cli.EXIT_OK
-    if frame.empty:
-        print(f"{source} has no documents: nothing to show")
+    if not view.aggregates.images:
+        print(f"{view.source} has no documents: nothing to show")
         return cli.EXIT_OK
 
     summary = read_summary(args.mapreduce_dir)
     if summary is None:
         print(f"note: no MapReduce output under {args.mapreduce_dir}; its table and chart are left out",
               file=sys.stderr)
-    print_tables(frame, summary, args, dead_lettered_count(args.dead_lettered, args.consumer_summary))
-    duplicate_groups = read_duplicates(settings, frame, args)
+    view.aggregates = with_mapreduce(view.aggregates, summary)
+    print_tables(view, summary, args, dead_lettered_count(args.dead_lettered, args.consumer_summary))
+    duplicate_groups = read_duplicates(settings, view.frame, args)
     if duplicate_groups is not None:
         print_duplicates(duplicate_groups, args.tablefmt)
 
@@ -248,16 +309,17 @@ def visualize(args) -> int:
     except OSError as exc:
         raise UserError(f"cannot create --out directory {args.out}: {exc.strerror}") from None
     print()
-    written = write_charts(frame, summary, args.out)
+    written = write_charts(view.aggregates, summary, args.out)
     failed = False
     if args.previews:
         try:
-            preview = write_previews(settings, frame, args)
+            preview = write_previews(settings, view, args)
         except InfrastructureError as exc:
             print(f"error: {cli.printable(exc)}", file=sys.stderr)
             preview, failed = None, True
         if preview is not None:
-            written.append(preview)
+            written.append((preview, f"{min(len(view.first), args.previews * 3)} documents by {args.sort}, "
+                                     "thumbnails from S3"))
         if duplicate_groups is not None and duplicate_groups[0]:
             from visualize import duplicates
 
@@ -265,13 +327,16 @@ def visualize(args) -> int:
                 chart = duplicates.picture(s3.client(settings), settings.s3_bucket, *duplicate_groups[:2])
                 path = args.out / f"{chart.name}.png"
                 chart.figure.savefig(path, dpi=chart.figure.dpi)
-                written.append(path)
+                written.append((path, f"duplicate groups of {duplicate_groups[2]}, thumbnails from S3"))
             except InfrastructureError as exc:
                 print(f"error: {cli.printable(exc)}", file=sys.stderr)
                 failed = True
-    for path in written:
-        print(f"wrote {path}")
-    print(f"visualize: {len(frame):,} images from {source}, {len(written)} PNG file(s) in {args.out}")
+    for path, source in written:
+        print(cli.printable(f"wrote {path}  (numbers: {source})"))
+    how = "every document read" if view.aggregates.method == "documents" else \
+        f"MeiliSearch facets, {view.read:,} documents read"
+    print(cli.printable(f"visualize: {view.aggregates.images:,} images from {view.source} ({how}), "
+                        f"{len(written)} PNG file(s) in {args.out}"))
     return cli.EXIT_FAILURES if failed else cli.EXIT_OK
 
 
