@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SEED = 7
 CHUNK = 10_000  # documents per add_documents request
-INDEX_PREFIX = "imgpipe_bench_visualize"
+INDEX_PREFIX = "bench_visualize"
 
 
 def index_name(documents: int) -> str:
