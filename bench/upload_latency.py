@@ -22,7 +22,7 @@ from imgpipe import kafka, s3
 from imgpipe.settings import Settings
 
 from bench.pipeline import (BenchError, RunNames, _read_json, _tail, _wait_for_assignment, check_consumed,
-                            consumer_args, start_script)
+                            consumer_args, prepare_index, start_script)
 
 
 @contextmanager
@@ -76,6 +76,7 @@ def upload_latency_run(base: Settings, names: RunNames, step: str, workers: int,
                                                              s3_bucket=f"bench-{names.run_id}")
         queue = notify_queue(settings, f"bench-{names.run_id}-{step}", settings.s3_raw_prefix)
         kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+        prepare_index(settings)
         consumer_summary, consumer_log = work / f"{step}-consumer.json", work / f"{step}-consumer.log"
         producer_summary, producer_log = work / f"{step}-producer.json", work / f"{step}-producer.log"
         consumer = start_script("consumer/image_consumer.py", consumer_args(workers, max_idle, consumer_summary),
