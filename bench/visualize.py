@@ -56,11 +56,14 @@ def ensure_index(settings: Settings, documents: int, show_progress: bool | None 
     from imgpipe import cli
     from imgpipe.document import INDEX_SETTINGS
 
+    # Built with the master key, as set-up builds an index: the stack's consumer key may not
+    # create or delete indexes.
+    settings = settings.with_overrides(meili_admin_key=settings.meili_master_key)
     name = index_name(documents)
     if meili.index_exists(settings, name) and meili.document_count(settings, name) == documents:
         return name, None
     for stale in meili.index_uids(settings, f"{INDEX_PREFIX}_{documents}_"):
-        meili.delete_index(settings, stale)
+        meili.delete_index(settings, stale, key=settings.meili_master_key)
     started = time.monotonic()
     meili.create_index(settings, name, INDEX_SETTINGS)
     last = None
@@ -134,7 +137,7 @@ def visualize_figures(settings: Settings, small: int, large: int, work: Path, pa
     finally:
         if not keep:
             for name in names.values():
-                meili.delete_index(settings, name)
+                meili.delete_index(settings, name, key=settings.meili_master_key)
     for size in (small, large):
         if f"{size:,} images from index" not in facets[size].stdout:
             raise BenchError(f"visualize.py did not report {size:,} images for {names[size]}")

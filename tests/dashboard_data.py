@@ -42,7 +42,7 @@ def build(settings, with_vectors: bool = True) -> DashboardIndex:
             doc["_vectors"] = {"image": random_descriptor(i)}
         near = [v + 0.001 for v in random_descriptor(0)]
         docs[1]["_vectors"] = {"image": near}
-    client = meili.client(settings)
+    client = meili.client(settings, key=settings.meili_master_key)  # as set-up does
     task = client.create_index(settings.meili_index, {"primaryKey": "id"})
     client.wait_for_task(task.task_uid, timeout_in_ms=30000)
     index = client.index(settings.meili_index)

@@ -53,12 +53,13 @@ def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float |
 
 
 def index_documents(settings, docs: list[dict], apply_settings: bool = True) -> None:
-    """Apply INDEX_SETTINGS to the isolated index (as the consumer would) and add `docs`."""
-    client = meili.client(settings)
+    """Apply INDEX_SETTINGS to the isolated index (as the consumer would), or reset its settings to
+    MeiliSearch's defaults (an index nobody set up), and add `docs`."""
+    client = meili.client(settings, key=settings.meili_master_key)
     index = client.index(settings.meili_index)
-    if apply_settings:
-        done = client.wait_for_task(index.update_settings(INDEX_SETTINGS).task_uid, timeout_in_ms=60000)
-        assert done.status == "succeeded", done.error
+    task = index.update_settings(INDEX_SETTINGS) if apply_settings else index.reset_settings()
+    done = client.wait_for_task(task.task_uid, timeout_in_ms=60000)
+    assert done.status == "succeeded", done.error
     for start in range(0, len(docs), 5000):
         task = index.add_documents(docs[start:start + 5000], primary_key="id")
         done = client.wait_for_task(task.task_uid, timeout_in_ms=120000, interval_in_ms=100)
