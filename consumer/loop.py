@@ -134,7 +134,9 @@ class BatchConsumer:
     def run(self) -> Stats:
         kafka.ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
         threads = self.workers * IO_THREADS_PER_WORKER
-        store = ObjectStore(s3.client(self.settings, pool_size=threads + 4), self.settings.s3_bucket, self.stop)
+        client = s3.client(self.settings, pool_size=threads + 4)
+        fast = s3.FastObjects(self.settings, client) if self.settings.s3_fast_path else None
+        store = ObjectStore(client, self.settings.s3_bucket, self.stop, fast)
         store.check_output_bucket()
         self._indexer = Indexer(self.settings, self.stop)
         self._indexer.ensure_index()

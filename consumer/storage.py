@@ -33,8 +33,9 @@ _OBJECT_REFUSALS = {
 
 
 class ObjectStore:
-    def __init__(self, client, output_bucket: str, stop: threading.Event):
+    def __init__(self, client, output_bucket: str, stop: threading.Event, fast: s3.FastObjects | None = None):
         self.client = client
+        self.fast = fast  # GETs and PUTs through obstore; every failure still answered by boto3
         self.output_bucket = output_bucket
         self.stop = stop
         self._last_fetch_ok: dict[str, float] = {}
@@ -56,7 +57,8 @@ class ObjectStore:
 
         def attempt() -> tuple[bytes, SourceObject]:
             try:
-                fetched = s3.fetch(self.client, bucket, key, max_bytes)
+                fetched = (self.fast.fetch(bucket, key, max_bytes) if self.fast
+                           else s3.fetch(self.client, bucket, key, max_bytes))
             except s3.ObjectTooLarge as exc:
                 raise MessageError("guard", str(exc)) from None
             except s3.S3Error as exc:
@@ -101,7 +103,10 @@ class ObjectStore:
 
         def attempt() -> None:
             try:
-                s3.put(self.client, self.output_bucket, key, data, content_type)
+                if self.fast:
+                    self.fast.put(self.output_bucket, key, data, content_type)
+                else:
+                    s3.put(self.client, self.output_bucket, key, data, content_type)
             except s3.S3Error as exc:
                 if exc.kind == REJECTED:
                     raise MessageError("store", f"S3 refused the derived key s3://{self.output_bucket}/{key} "

@@ -9,6 +9,8 @@ bucket is a user mistake for the producer, an outage is retried.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,6 +174,90 @@ def put_many(s3, bucket: str, objects: Iterable[tuple[str, bytes, str]], workers
                 future.cancel()
             raise
     return stored
+
+
+# Keys the fast path takes: object_store (under obstore) normalises and percent-encodes other
+# characters in a path, so any other key would be read or written under a different name. The
+# pipeline's derived keys are within this set; any other source key goes through boto3.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/ ]{0,1023}")
+
+
+def plain_key(key: str) -> bool:
+    """Does `key` mean the same object to object_store as to S3?"""
+    if not _PLAIN_KEY.fullmatch(key) or key.endswith("/") or "//" in key:
+        return False
+    return all(part not in (".", "..") and part == part.strip() for part in key.split("/"))
+
+
+class FastObjects:
+    """The consumer's hot path, a GET and two PUTs per image, through obstore (Rust's
+    object_store): 0.61 ms of client CPU per image's three requests against 2.95 ms for boto3
+    (measured against the local versitygw). It only ever answers with success: any failure, an
+    awkward key, or a body of the wrong length goes through `fetch`/`put` with boto3, which says
+    what S3 answered with its own code (`S3Error`), so the dead-letter and retry policy keeps one
+    source of truth. No retries inside obstore: the boto3 attempt and the caller's policy retry.
+    Credentials come from boto3's own chain (environment, profile, instance role)."""
+
+    def __init__(self, settings: Settings, boto_client):
+        self.boto = boto_client
+        self._settings = settings
+        self._stores: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self.fast = 0  # requests answered by obstore
+        self.fallbacks = 0  # requests that went to boto3 instead
+
+    def _store(self, bucket: str):
+        with self._lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                from datetime import timedelta
+
+                import boto3
+                from obstore.auth.boto3 import Boto3CredentialProvider
+                from obstore.store import S3Store
+
+                endpoint = self._settings.s3_endpoint_url
+                options = {"connect_timeout": "5s", "timeout": "30s", "allow_http": endpoint.startswith("http://")}
+                store = S3Store(bucket, region=self._settings.aws_region, endpoint=endpoint or None,
+                                virtual_hosted_style_request=False if endpoint else None,
+                                credential_provider=Boto3CredentialProvider(boto3.session.Session()),
+                                client_options=options,
+                                retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=30)})
+                self._stores[bucket] = store
+            return store
+
+    def fetch(self, bucket: str, key: str, max_bytes: int | None = None) -> FetchedObject:
+        if plain_key(key):
+            import obstore
+
+            try:
+                result = obstore.get(self._store(bucket), key)
+                meta = result.meta
+                if max_bytes is not None and meta["size"] > max_bytes:
+                    raise ObjectTooLarge(meta["size"], max_bytes)
+                data = bytes(result.bytes())
+                if len(data) == meta["size"]:
+                    self.fast += 1
+                    return FetchedObject(data, meta["size"], (meta["e_tag"] or "").strip('"'), meta["last_modified"])
+            except (obstore.exceptions.BaseError, OSError, ValueError, RuntimeError) as exc:
+                if isinstance(exc, ObjectTooLarge):
+                    raise
+                log.debug("obstore could not fetch %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
+        self.fallbacks += 1
+        return fetch(self.boto, bucket, key, max_bytes)
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        if plain_key(key):
+            import obstore
+
+            try:
+                obstore.put(self._store(bucket), key, data, attributes={"Content-Type": content_type})
+                self.fast += 1
+                return
+            except (obstore.exceptions.BaseError, OSError, ValueError, RuntimeError) as exc:
+                log.debug("obstore could not store %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
+        self.fallbacks += 1
+        put(self.boto, bucket, key, data, content_type)
 
 
 def head(s3, bucket: str, key: str) -> dict | None:

@@ -40,6 +40,8 @@ class Settings:
     s3_processed_prefix: str = "processed/"
     s3_export_prefix: str = "data/"  # where export_csv.py --upload puts the CSV
     s3_allowed_buckets: tuple[str, ...] = ()
+    # The consumer's GETs and PUTs through obstore (errors and awkward keys still go through boto3).
+    s3_fast_path: bool = True
     # The SQS queue receiving the bucket's S3 Event Notifications (producer --sqs-queue-url).
     sqs_queue_url: str = ""
     # MeiliSearch
@@ -102,6 +104,7 @@ ENV_VARS: dict[str, str] = {
     "S3_PROCESSED_PREFIX": "s3_processed_prefix",
     "S3_EXPORT_PREFIX": "s3_export_prefix",
     "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
+    "S3_FAST_PATH": "s3_fast_path",
     "SQS_QUEUE_URL": "sqs_queue_url",
     "MEILI_URL": "meili_url",
     "MEILI_MASTER_KEY": "meili_master_key",
@@ -152,7 +155,7 @@ def _parse(attr: str, raw: str):
         if not value > 0 or value == float("inf"):
             raise ValueError(f"must be a positive number, got {raw!r}")
         return value
-    if attr == "face_detection":
+    if attr in ("face_detection", "s3_fast_path"):
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
@@ -257,7 +260,7 @@ def to_env(settings: Settings) -> dict[str, str]:
             text = json.dumps(dict(value)) if value else ""
         elif f.name == "s3_allowed_buckets":
             text = ",".join(value)
-        elif f.name == "face_detection":
+        elif f.name in ("face_detection", "s3_fast_path"):
             text = "on" if value else "off"
         else:
             text = str(value)

@@ -9,7 +9,7 @@ import pytest
 
 from imgpipe.settings import REPO_ROOT
 
-LIBRARIES = ("boto3", "botocore", "meilisearch", "confluent_kafka")
+LIBRARIES = ("boto3", "botocore", "obstore", "meilisearch", "confluent_kafka")
 # What may import a client library itself: imgpipe's service modules, the tests and their fixtures
 # (moto servers), and the benchmark's deliberately naive baseline and raw-producer measurement.
 ALLOWED = ("imgpipe/", "tests/", "fixtures/", "bench/seed_design.py", "bench/producing.py")
