@@ -141,6 +141,18 @@ class BusySampler:
             return None
         return round((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]), 2)
 
+    def timeline(self, start: float | None, end: float | None, step: float = 0.5) -> list[float]:
+        """Cores busy in each `step` seconds from `start` to `end`: where a drain left cores idle."""
+        if start is None or end is None:
+            return []
+        result, at = [], start
+        while at < end:
+            value = self.cores_busy(at, min(at + step, end))
+            if value is not None:
+                result.append(value)
+            at += step
+        return result
+
 
 class CpuMeter:
     """CPU seconds of waited-for children, of each local service, and of the whole machine."""
@@ -244,6 +256,8 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     check_consumed(settings, step, summary, expected)
     summary["cpu"] = CpuMeter.difference(before, after, "consumer (whole run, incl. start-up)")
     summary["cpu"]["cores_busy_while_draining"] = sampler.cores_busy(summary.get("first_message_monotonic"),
+                                                                     summary.get("last_committed_monotonic"))
+    summary["cpu"]["cores_busy_each_half_second"] = sampler.timeline(summary.get("first_message_monotonic"),
                                                                      summary.get("last_committed_monotonic"))
     per_image = {"consumer (busy span)": summary.get("active_cpu_seconds"),
                  "consumer's processing workers": summary.get("worker_cpu_seconds")}

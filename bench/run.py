@@ -203,6 +203,7 @@ class Bench:
                                 "measure": "busy CPU seconds of the whole machine / wall seconds, from the "
                                            "consumer's first message to its last commit (sampled every 0.1 s)",
                                 "whole_run_including_start_up": summary["cpu"]["cores_busy"],
+                                "each_half_second": summary["cpu"].get("cores_busy_each_half_second"),
                                 "cpu_seconds": summary["cpu"]["cpu_seconds"]}),
                  Figure("consumer_cpu_per_image", 1000 * cpu / images if images else None, "ms",
                         floor=1000 / floor if floor else None, floor_name="processing_floor, ms per image",
