@@ -207,31 +207,38 @@ class FastObjects:
         self.fallbacks = 0  # requests that went to boto3 instead
 
     def _store(self, bucket: str):
+        """obstore's store for `bucket`, or None when obstore cannot be set up here (said once;
+        boto3 then does everything)."""
         with self._lock:
-            store = self._stores.get(bucket)
-            if store is None:
-                from datetime import timedelta
+            if bucket in self._stores:
+                return self._stores[bucket]
+            from datetime import timedelta
 
-                import boto3
-                from obstore.auth.boto3 import Boto3CredentialProvider
-                from obstore.store import S3Store
+            import boto3
+            from obstore.auth.boto3 import Boto3CredentialProvider
+            from obstore.store import S3Store
 
-                endpoint = self._settings.s3_endpoint_url
-                options = {"connect_timeout": "5s", "timeout": "30s", "allow_http": endpoint.startswith("http://")}
-                store = S3Store(bucket, region=self._settings.aws_region, endpoint=endpoint or None,
-                                virtual_hosted_style_request=False if endpoint else None,
+            endpoint = self._settings.s3_endpoint_url
+            options = {"connect_timeout": "5s", "timeout": "30s", "allow_http": endpoint.startswith("http://")}
+            where = {"endpoint": endpoint, "virtual_hosted_style_request": False} if endpoint else {}
+            try:
+                store = S3Store(bucket, region=self._settings.aws_region, client_options=options,
                                 credential_provider=Boto3CredentialProvider(boto3.session.Session()),
-                                client_options=options,
-                                retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=30)})
-                self._stores[bucket] = store
+                                retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=30)}, **where)
+            except Exception as exc:  # a configuration obstore does not take: boto3 does the work
+                log.warning("S3 fast path off for bucket %s: obstore refused the configuration (%s: %s)",
+                            bucket, type(exc).__name__, exc)
+                store = None
+            self._stores[bucket] = store
             return store
 
     def fetch(self, bucket: str, key: str, max_bytes: int | None = None) -> FetchedObject:
-        if plain_key(key):
+        store = self._store(bucket) if plain_key(key) else None
+        if store is not None:
             import obstore
 
             try:
-                result = obstore.get(self._store(bucket), key)
+                result = obstore.get(store, key)
                 meta = result.meta
                 if max_bytes is not None and meta["size"] > max_bytes:
                     raise ObjectTooLarge(meta["size"], max_bytes)
@@ -239,22 +246,31 @@ class FastObjects:
                 if len(data) == meta["size"]:
                     self.fast += 1
                     return FetchedObject(data, meta["size"], (meta["e_tag"] or "").strip('"'), meta["last_modified"])
-            except (obstore.exceptions.BaseError, OSError, ValueError, RuntimeError) as exc:
-                if isinstance(exc, ObjectTooLarge):
+            except ObjectTooLarge:
+                raise
+            # Whatever it was, boto3's attempt below is the one that counts; a panic inside the Rust
+            # code arrives as pyo3's PanicException, a BaseException.
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 log.debug("obstore could not fetch %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
         self.fallbacks += 1
         return fetch(self.boto, bucket, key, max_bytes)
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        if plain_key(key):
+        store = self._store(bucket) if plain_key(key) else None
+        if store is not None:
             import obstore
 
             try:
-                obstore.put(self._store(bucket), key, data, attributes={"Content-Type": content_type})
+                obstore.put(store, key, data, attributes={"Content-Type": content_type})
                 self.fast += 1
                 return
-            except (obstore.exceptions.BaseError, OSError, ValueError, RuntimeError) as exc:
+            # Whatever it was, boto3's attempt below is the one that counts; a panic inside the Rust
+            # code arrives as pyo3's PanicException, a BaseException.
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
                 log.debug("obstore could not store %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
         self.fallbacks += 1
         put(self.boto, bucket, key, data, content_type)

@@ -88,3 +88,12 @@ def test_the_fast_path_is_a_setting(monkeypatch):
     monkeypatch.setenv("S3_FAST_PATH", "sometimes")
     with pytest.raises(Exception, match="S3_FAST_PATH"):
         load_settings()
+
+
+def test_real_aws_gets_a_store_without_an_endpoint_and_a_refused_configuration_falls_back(settings):
+    aws = s3.FastObjects(settings.with_overrides(s3_endpoint_url=""), None)
+    assert aws._store("my-bucket") is not None
+    odd = s3.FastObjects(settings.with_overrides(aws_region="not a region\n"), s3.client(settings))
+    key = f"{settings.s3_processed_prefix}odd.jpg"
+    odd.put(settings.s3_bucket, key, b"x", "image/jpeg")  # boto3 (its region is the stack's)
+    assert odd.fetch(settings.s3_bucket, key).data == b"x"
