@@ -232,48 +232,52 @@ class FastObjects:
             self._stores[bucket] = store
             return store
 
-    def fetch(self, bucket: str, key: str, max_bytes: int | None = None) -> FetchedObject:
+    def _attempt(self, what: str, bucket: str, key: str, request: Callable):
+        """`request(store)` through obstore, or None when boto3 must do it: an awkward key, no
+        store, or any failure (ObjectTooLarge excepted: that is the answer). Whatever went wrong,
+        boto3's attempt is the one that counts; a panic in the Rust code arrives as pyo3's
+        PanicException, a BaseException."""
         store = self._store(bucket) if plain_key(key) else None
         if store is not None:
-            import obstore
-
             try:
-                result = obstore.get(store, key)
-                meta = result.meta
-                if max_bytes is not None and meta["size"] > max_bytes:
-                    raise ObjectTooLarge(meta["size"], max_bytes)
-                data = bytes(result.bytes())
-                if len(data) == meta["size"]:
-                    self.fast += 1
-                    return FetchedObject(data, meta["size"], (meta["e_tag"] or "").strip('"'), meta["last_modified"])
+                result = request(store)
             except ObjectTooLarge:
                 raise
-            # Whatever it was, boto3's attempt below is the one that counts; a panic inside the Rust
-            # code arrives as pyo3's PanicException, a BaseException.
             except BaseException as exc:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                log.debug("obstore could not fetch %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
+                log.debug("obstore could not %s %s/%s (%s): asking boto3", what, bucket, key, type(exc).__name__)
+            else:
+                if result is not None:
+                    self.fast += 1
+                    return result
         self.fallbacks += 1
-        return fetch(self.boto, bucket, key, max_bytes)
+        return None
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        store = self._store(bucket) if plain_key(key) else None
-        if store is not None:
+    def fetch(self, bucket: str, key: str, max_bytes: int | None = None) -> FetchedObject:
+        def get(store) -> FetchedObject | None:
             import obstore
 
-            try:
-                obstore.put(store, key, data, attributes={"Content-Type": content_type})
-                self.fast += 1
-                return
-            # Whatever it was, boto3's attempt below is the one that counts; a panic inside the Rust
-            # code arrives as pyo3's PanicException, a BaseException.
-            except BaseException as exc:
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                log.debug("obstore could not store %s/%s (%s): asking boto3", bucket, key, type(exc).__name__)
-        self.fallbacks += 1
-        put(self.boto, bucket, key, data, content_type)
+            result = obstore.get(store, key)
+            size = result.meta["size"]
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(size, max_bytes)
+            data = bytes(result.bytes())
+            if len(data) != size:
+                return None  # a short read: boto3 reads it again, or says what is wrong
+            return FetchedObject(data, size, (result.meta["e_tag"] or "").strip('"'), result.meta["last_modified"])
+
+        return self._attempt("fetch", bucket, key, get) or fetch(self.boto, bucket, key, max_bytes)
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        def store_it(store) -> bool:
+            import obstore
+
+            obstore.put(store, key, data, attributes={"Content-Type": content_type})
+            return True
+
+        if not self._attempt("store", bucket, key, store_it):
+            put(self.boto, bucket, key, data, content_type)
 
 
 def head(s3, bucket: str, key: str) -> dict | None:
