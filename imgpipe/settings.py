@@ -28,6 +28,9 @@ class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = "image-events"
     kafka_dead_letter_topic: str = "image-events-dlq"
+    # Where the consumer announces what MeiliSearch confirmed (imgpipe/indexed.py), for the
+    # enrichment stages; empty: announce nothing.
+    kafka_indexed_topic: str = "image-indexed"
     kafka_consumer_group: str = "image-consumer"
     kafka_topic_partitions: int = 6
     # Extra librdkafka options (SASL/TLS on a real cluster). May hold passwords: never shown.
@@ -94,6 +97,7 @@ ENV_VARS: dict[str, str] = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
     "KAFKA_TOPIC": "kafka_topic",
     "KAFKA_DEAD_LETTER_TOPIC": "kafka_dead_letter_topic",
+    "KAFKA_INDEXED_TOPIC": "kafka_indexed_topic",
     "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
     "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
     "KAFKA_CLIENT_CONFIG": "kafka_client_config",
