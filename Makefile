@@ -23,11 +23,14 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	@# Put the repo root on the venv's import path: scripts and tests share one tree of packages.
-	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "imgpipe-repo.pth").write_text("$(CURDIR)")'
+	@# This tree as an editable package (pyproject.toml): scripts, tests and the console scripts
+	@# (imgpipe-producer, ...) import its packages. --no-deps: requirements.txt pinned them above.
+	@# A venv made before the package existed may hold the old .pth hack: it goes.
+	@rm -f $$($(PY) -c 'import site; print(site.getsitepackages()[0])')/imgpipe-repo.pth
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
 debian-packages:

@@ -10,7 +10,7 @@ the producer's SQS mode) runs against a moto server started for it, the only loc
 sends notifications. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
 time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
-1,000,000 documents visualize.py runs on (kept in the local MeiliSearch for later runs;
+1,000,000 documents report.py runs on (kept in the local MeiliSearch for later runs;
 --quick: under a minute).
 
 Settings come from the environment and .env like every script (KAFKA_*, S3_*, MEILI_*,
@@ -47,7 +47,7 @@ def build_parser():
     p.add_argument("--photos", type=int, help="photo-like 1280x960 JPEGs in the corpus (default 500)")
     p.add_argument("--mapreduce-rows", type=int, help="rows of the MapReduce input (default 1,000,000)")
     p.add_argument("--visualize-documents", metavar="SMALL,LARGE",
-                   help="documents in the two indexes visualize.py runs on (default 100000,1000000)")
+                   help="documents in the two indexes report.py runs on (default 100000,1000000)")
     p.add_argument("--hadoop", action=argparse.BooleanOptionalAction, default=None,
                    help="run the Hadoop local runner (default: yes, unless --quick or no Java)")
     p.add_argument("--keep-logs", type=Path, metavar="DIR",

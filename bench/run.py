@@ -36,7 +36,7 @@ class BenchConfig:
     hadoop: bool
     latency_seconds: float  # how long the steady load of the latency run lasts
     max_idle_seconds: float  # the consumer stops after this long without messages
-    visualize_documents: tuple[int, int] = (100_000, 1_000_000)  # the two indexes visualize.py runs on
+    visualize_documents: tuple[int, int] = (100_000, 1_000_000)  # the two indexes report.py runs on
     keep_visualize_indexes: bool = True  # they take minutes to build: kept for the next run
     label: str = "full"
 
@@ -355,9 +355,9 @@ class Bench:
         small, large = self.config.visualize_documents
 
         def body() -> None:
-            step(f"visualize: visualize.py on indexes of {small:,} and {large:,} generated documents "
+            step(f"visualize: report.py on indexes of {small:,} and {large:,} generated documents "
                  "(built once, then kept)" if self.config.keep_visualize_indexes else
-                 f"visualize: visualize.py on indexes of {small:,} and {large:,} generated documents")
+                 f"visualize: report.py on indexes of {small:,} and {large:,} generated documents")
             self.add(*visualize_figures(self.settings, small, large, self.work, self.config.passes,
                                         keep=self.config.keep_visualize_indexes, show_progress=self.show_progress))
 

@@ -1,5 +1,5 @@
 """`visualize_100k`, `visualize_1m` and their peak memory: wall seconds and peak RSS of
-`visualize/visualize.py --previews 0` on indexes of 100,000 and 1,000,000 generated documents.
+`visualize/report.py --previews 0` on indexes of 100,000 and 1,000,000 generated documents.
 
 The target is growth that does not follow the index: at ten times the documents, at most twice
 the time and 1.5 times the memory (the views count with MeiliSearch facets and read a few
@@ -103,9 +103,9 @@ finally:
 
 
 def run_visualize(settings: Settings, index: str, out: Path, *extra: str) -> Run:
-    """One visualize.py as a user runs it: wall time and its own peak RSS."""
+    """One report.py as a user runs it: wall time and its own peak RSS."""
     report = out / "vmhwm_kb.txt"
-    args = [sys.executable, "-c", _MEASURED, str(report), str(REPO_ROOT / "visualize" / "visualize.py"),
+    args = [sys.executable, "-c", _MEASURED, str(report), str(REPO_ROOT / "visualize" / "report.py"),
             "--index", index, "--previews", "0", "--out", str(out), "--mapreduce-dir", str(out / "no-mapreduce"),
             "--duplicates-dir", str(out / "no-duplicates"), "--no-progress", *extra]
     report.unlink(missing_ok=True)

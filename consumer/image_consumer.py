@@ -26,10 +26,6 @@ import signal
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a file (python consumer/image_consumer.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from imgpipe import cli
 from imgpipe.errors import UserError
 from imgpipe.settings import load_settings

@@ -21,11 +21,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a file (python consumer/redrive.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgpipe import cli, deadletters, kafka
 from imgpipe.deadletters import DeadLetter

@@ -128,7 +128,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     report.planted_groups, report.planted_groups_found = planted_groups_found(settings, report.duplicate_groups)
 
     before = time.time()
-    run_step("visualize", ["visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(mapreduce_dir),
+    run_step("visualize", ["visualize/report.py", "--out", str(out), "--mapreduce-dir", str(mapreduce_dir),
                            "--duplicates-dir", str(duplicates_dir),
                            "--consumer-summary", str(consumer_summary)], settings, report)
     report.charts = sorted(str(p) for p in out.glob("*.png") if p.stat().st_mtime >= before - 1)

@@ -21,10 +21,6 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-if __package__ in (None, ""):
-    # Run as a file (python mapreduce/export_csv.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from imgpipe import cli, meili, s3
 from imgpipe.document import FIELDS
 from imgpipe.errors import NOT_FOUND, UserError

@@ -19,10 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a file (python mapreduce/run_job.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from imgpipe import cli
 from imgpipe.errors import InfrastructureError, UserError
 from imgpipe.settings import load_settings

@@ -22,10 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a file (python producer/image_producer.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from imgpipe import cli, kafka, s3
 from imgpipe.errors import UserError
 from imgpipe.events import ImageEvent, event_for_object, utc_now_iso

@@ -24,11 +24,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a file (python producer/reconcile.py): the repo root must be importable for imgpipe & co.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgpipe import cli, kafka, meili, s3
 from imgpipe.document import document_id

@@ -1,6 +1,6 @@
 """The dashboard's application against the real stack, driven through Flask's test client: search
 with filters and sort, images only by document id from under S3_PROCESSED_PREFIX, every field of
-one image and its look-alikes, the charts from the same counts as visualize.py, the latest dead
+one image and its look-alikes, the charts from the same counts as report.py, the latest dead
 letters, the consumer's status from a real metrics endpoint; escaping, bad input as a 400 page,
 and no key in any answer. tests/test_dashboard_browser.py drives a real browser."""
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_a_delete_event_removes_the_document_and_its_derived_images(settings, tm
     formats = [line.split("\t") for line in (tmp_path / "mr" / "summary.tsv").read_text().splitlines()
                if line.startswith("format\t")]
     assert sum(int(fields[2]) for fields in formats) == 2
-    shown = run_script("visualize/visualize.py", ["--previews", "0", "--out", str(tmp_path / "charts"),
+    shown = run_script("visualize/report.py", ["--previews", "0", "--out", str(tmp_path / "charts"),
                                                   "--mapreduce-dir", str(tmp_path / "none")], settings)
     assert shown.returncode == 0 and "visualize: 2 images" in shown.stdout
 

@@ -38,7 +38,7 @@ def test_a_hostile_key_is_escaped_in_logs_tables_and_search(settings, tmp_path):
     assert [d["key"] for d in all_documents(settings)] == [key]  # stored exactly, shown escaped
 
     searched = run_script("visualize/search.py", ["evil"], settings)
-    shown = run_script("visualize/visualize.py", ["--previews", "0", "--out", str(tmp_path)], settings)
+    shown = run_script("visualize/report.py", ["--previews", "0", "--out", str(tmp_path)], settings)
     assert searched.returncode == shown.returncode == 0, searched.stderr + shown.stderr
     for output in (produced.stderr, consumed.stderr, searched.stdout, shown.stdout):
         assert_inert(output)

@@ -24,7 +24,7 @@ from visualize.documents import read_csv, to_frame
 from visualize.mapreduce_output import find_output, ordered, parse_lines, read_summary
 from visualize.previews import fetch_thumbnails, preview_grid
 from visualize.tables import image_rows, parse_sort, recent_images, render, summary_tables, totals
-from visualize.visualize import main, read_index
+from visualize.report import main, read_index
 
 SUMMARY_LINES = [
     "format\tjpeg\t6\t600.0\t10.0\t200.0\t100.0",
@@ -302,7 +302,7 @@ def test_script_prints_tables_and_writes_every_png(settings, known_index, tmp_pa
     summary_file.write_text(json.dumps({"dead_lettered": 7}))
     out = tmp_path / "charts"
     result = subprocess.run(
-        [PYTHON, "visualize/visualize.py", "--out", str(out), "--mapreduce-dir", str(tmp_path / "mapreduce"),
+        [PYTHON, "visualize/report.py", "--out", str(out), "--mapreduce-dir", str(tmp_path / "mapreduce"),
          "--duplicates-dir", str(tmp_path / "no-duplicates"),
          "--consumer-summary", str(summary_file), "--limit", "4", "--tablefmt", "github"],
         cwd=REPO, env=script_env(settings), capture_output=True, text=True, timeout=120)
@@ -377,7 +377,7 @@ def test_empty_or_missing_index_exits_0_with_a_message(settings, tmp_path, monke
 
 @pytest.mark.integration
 def test_unreachable_meilisearch_is_one_line_and_exit_1(settings, tmp_path):
-    result = subprocess.run([PYTHON, "visualize/visualize.py", "--out", str(tmp_path)], cwd=REPO,
+    result = subprocess.run([PYTHON, "visualize/report.py", "--out", str(tmp_path)], cwd=REPO,
                             env=script_env(settings, MEILI_URL="http://127.0.0.1:9"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -19,7 +19,7 @@ from visualize.aggregates import MAX_FACE_BAR, from_frame, from_index, with_mapr
 from visualize.documents import read_csv, to_frame
 from visualize.mapreduce_output import combine, parse_lines
 from visualize.tables import totals
-from visualize.visualize import main, read_index
+from visualize.report import main, read_index
 
 
 def both(settings):
@@ -158,7 +158,7 @@ def test_an_index_without_its_settings_is_read_document_by_document(settings, tm
     import subprocess
 
     index_documents(settings, [make_doc(i, settings) for i in range(30)], apply_settings=False)
-    result = subprocess.run([PYTHON, "visualize/visualize.py", "--previews", "0", "--out", str(tmp_path),
+    result = subprocess.run([PYTHON, "visualize/report.py", "--previews", "0", "--out", str(tmp_path),
                              "--mapreduce-dir", str(tmp_path / "none"), "--duplicates-dir", str(tmp_path / "none"),
                              "--sort", "file_name"],
                             cwd=REPO, env=script_env(settings), capture_output=True, text=True, timeout=120)

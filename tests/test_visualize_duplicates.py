@@ -39,7 +39,7 @@ def test_groups_become_a_table_with_reclaimable_bytes_and_a_picture(settings, tm
     assert duplicates.reclaimable_bytes(groups[0], documents) == min(docs[0]["size_bytes"], docs[1]["size_bytes"])
     assert duplicates.reclaimable_bytes(groups[1], documents) == sum(sorted(d["size_bytes"] for d in docs[:4])[:3])
 
-    result = subprocess.run([sys.executable, "visualize/visualize.py", "--out", str(tmp_path / "charts"),
+    result = subprocess.run([sys.executable, "visualize/report.py", "--out", str(tmp_path / "charts"),
                              "--duplicates-dir", str(out), "--previews", "1"], cwd=REPO_ROOT,
                             env=script_env(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,7 @@
 """What the charts and the totals show, as counts: images per size bin, processing hour, format
 and face count, the modification range and the total size. Built from MeiliSearch facets without
 reading a document (`from_index`), or from documents (`from_frame`: every document of an index,
-or a CSV); the same documents give the same numbers either way. visualize.py and the dashboard
+or a CSV); the same documents give the same numbers either way. report.py and the dashboard
 draw from these alone.
 
 Why facets: at a million images, reading every document takes minutes and gigabytes, while

@@ -182,7 +182,7 @@ def face_distribution(aggregates: Aggregates) -> Chart:
 
 
 def distribution_charts(aggregates: Aggregates) -> list[Chart]:
-    """The four charts of the counts, in the order visualize.py writes them."""
+    """The four charts of the counts, in the order report.py writes them."""
     return [size_histogram(aggregates), hour_distribution(aggregates), format_breakdown(aggregates),
             face_distribution(aggregates)]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A web dashboard of the pipeline: search with thumbnails, one image with its look-alikes, the
-charts and totals of visualize.py, the latest dead letters with their reasons, and the consumer's
+charts and totals of report.py, the latest dead letters with their reasons, and the consumer's
 status (rates, lag per partition) from its Prometheus metrics.
 
 Server-rendered (no JavaScript), on 127.0.0.1 only: it has no login, so reach it from elsewhere
@@ -21,14 +21,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    # Run as a file, Python puts visualize/ first on sys.path, where visualize/visualize.py
-    # would shadow the `visualize` package; the repo root must come first instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from imgpipe import cli  # noqa: E402
-from imgpipe.errors import UserError  # noqa: E402
-from imgpipe.settings import load_settings  # noqa: E402
+from imgpipe import cli
+from imgpipe.errors import UserError
+from imgpipe.settings import load_settings
 
 log = logging.getLogger("dashboard")
 

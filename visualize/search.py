@@ -15,16 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    # Run as a file, Python puts visualize/ first on sys.path, where visualize/visualize.py
-    # would shadow the `visualize` package; the repo root must come first instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from imgpipe import cli, meili  # noqa: E402
-from imgpipe.errors import UserError  # noqa: E402
-from imgpipe.settings import Settings, load_settings  # noqa: E402
+from imgpipe import cli, meili
+from imgpipe.errors import UserError
+from imgpipe.settings import Settings, load_settings
 
 HIT_COLUMNS = ["file_name", "size_kb", "width×height", "format", "faces", "timestamp (UTC)", "key"]
 

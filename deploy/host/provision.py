@@ -21,9 +21,6 @@ import pwd
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
 from imgpipe import access, cli
 from imgpipe.errors import UserError
 from imgpipe.settings import load_settings

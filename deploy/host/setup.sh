@@ -41,8 +41,10 @@ step "python environment"
 install -d -m 0755 $OPT $OPT/bin
 [ -x $OPT/venv/bin/python ] || python3 -m venv $OPT/venv
 $OPT/venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$SRC/requirements.txt"
-# As the Makefile does: the checkout's packages (imgpipe, producer, consumer...) on the venv's path.
-$OPT/venv/bin/python -c 'import site, pathlib, sys; pathlib.Path(site.getsitepackages()[0], "imgpipe-repo.pth").write_text(sys.argv[1])' "$SRC"
+# As the Makefile does: the checkout as an editable package (imgpipe, producer, consumer... and the
+# imgpipe-* console scripts in $OPT/venv/bin); --no-deps: requirements.txt pinned them above.
+rm -f "$($OPT/venv/bin/python -c 'import site; print(site.getsitepackages()[0])')/imgpipe-repo.pth"
+$OPT/venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e "$SRC"
 
 step "kafka jars (Maven Central, stack/pom.xml)"
 stamp=$OPT/kafka/libs/.pom-sha256

@@ -225,7 +225,7 @@ def _summary():
 def charts_page():
     from visualize.aggregates import FacetsUnavailable
     from visualize.tables import totals
-    from visualize.visualize import dead_lettered_count
+    from visualize.report import dead_lettered_count
 
     ctx = context()
     try:
@@ -249,7 +249,7 @@ def charts_page():
 
 @blueprint.get("/charts/<name>.png")
 def chart_png(name: str):
-    """The very charts visualize.py writes, from the same counts, rendered in memory."""
+    """The very charts report.py writes, from the same counts, rendered in memory."""
     from visualize import charts
 
     if name not in CHARTS:

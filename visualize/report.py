@@ -28,14 +28,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    # Run as a file, Python puts visualize/ first on sys.path, where this very file would
-    # shadow the `visualize` package; the repo root must come first instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from imgpipe import cli, meili, s3  # noqa: E402
-from imgpipe.errors import NOT_FOUND, InfrastructureError, UserError  # noqa: E402
-from imgpipe.settings import Settings, load_settings  # noqa: E402
+from imgpipe import cli, meili, s3
+from imgpipe.errors import NOT_FOUND, InfrastructureError, UserError
+from imgpipe.settings import Settings, load_settings
 
 log = logging.getLogger("visualize")
 
@@ -50,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from visualize.previews import MAX_PREVIEWS
 
-    p = cli.parser("visualize/visualize.py", __doc__, [
-        "python visualize/visualize.py                                # index MEILI_INDEX -> out/",
-        "python visualize/visualize.py --csv out/image_metadata.csv --previews 0 --out /tmp/charts",
-        "python visualize/visualize.py --all-documents --sort sha256   # read every document, sort by any field",
-        "MEILI_INDEX=cats python visualize/visualize.py --dead-lettered 3"])
+    p = cli.parser("visualize/report.py", __doc__, [
+        "python visualize/report.py                                   # index MEILI_INDEX -> out/",
+        "python visualize/report.py --csv out/image_metadata.csv --previews 0 --out /tmp/charts",
+        "python visualize/report.py --all-documents --sort sha256      # read every document, sort by any field",
+        "MEILI_INDEX=cats python visualize/report.py --dead-lettered 3"])
     p.add_argument("--index", help="MeiliSearch index to read (env MEILI_INDEX)")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="read documents from this exported CSV instead of MeiliSearch")
