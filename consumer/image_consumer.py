@@ -27,10 +27,14 @@ import sys
 from pathlib import Path
 
 from imgpipe import cli
-from imgpipe.errors import UserError
 from imgpipe.settings import load_settings
 
 log = logging.getLogger("consumer")
+
+# Command-line option (argparse dest) -> the setting it overrides.
+OPTION_SETTINGS = {"workers": "consumer_workers", "batch_size": "consumer_batch_size",
+                   "batch_ms": "consumer_batch_ms", "group": "kafka_consumer_group", "topic": "kafka_topic",
+                   "index": "meili_index", "metrics_port": "metrics_port"}
 
 
 def build_parser():
@@ -77,26 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> int:
-        settings = load_settings(require_meili_key=True)
-        overrides = {}
-        for option, attr in (("workers", "consumer_workers"), ("batch_size", "consumer_batch_size"),
-                             ("batch_ms", "consumer_batch_ms"), ("group", "kafka_consumer_group"),
-                             ("topic", "kafka_topic"), ("index", "meili_index")):
-            value = getattr(args, option)
-            if value is not None:
-                overrides[attr] = value
+        # Checked as the environment is: a bad option is named with the variable behind it.
+        settings = load_settings(require_meili_key=True).with_options(args, OPTION_SETTINGS)
         if args.no_faces:
-            overrides["face_detection"] = False
-        if args.metrics_port is not None:
-            if not 0 <= args.metrics_port <= 65535:
-                raise UserError("--metrics-port must be a TCP port (1-65535), or 0 for none")
-            overrides["metrics_port"] = args.metrics_port
-        for attr in ("consumer_batch_size", "consumer_batch_ms"):
-            if attr in overrides and overrides[attr] < 1:
-                raise UserError(f"--{attr.split('_', 1)[1].replace('_', '-')} must be at least 1")
-        if overrides.get("consumer_workers", 0) < 0:
-            raise UserError("--workers must be 0 or more")
-        settings = settings.with_overrides(**overrides)
+            settings = settings.with_overrides(face_detection=False)
         workers = settings.consumer_workers or os.cpu_count() or 1
 
         # Images are decoded only in the processing pool's worker processes (consumer/workers.py),

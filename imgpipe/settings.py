@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping, Sequence
 from urllib.parse import urlparse
 
 from imgpipe.errors import UserError
@@ -88,7 +88,17 @@ class Settings:
         return self.meili_search_key or self.indexing_key
 
     def with_overrides(self, **changes) -> "Settings":
-        return replace(self, **changes)
+        """A copy with these fields changed, checked as settings from the environment are
+        (SettingsError lists every problem)."""
+        return _checked(replace(self, **changes), {})
+
+    def with_options(self, args, options: Mapping[str, str]) -> "Settings":
+        """A copy with the command-line options that were given (not None) applied, checked:
+        `options` maps an argparse dest to its field, and a problem names the option and the
+        variable behind it (`--metrics-port (env METRICS_PORT) must be ...`)."""
+        changes = {attr: getattr(args, dest) for dest, attr in options.items() if getattr(args, dest) is not None}
+        names = {attr: f"--{dest.replace('_', '-')} (env {ENV_VAR_OF[attr]})" for dest, attr in options.items()}
+        return _checked(replace(self, **changes), names)
 
 
 # Environment variable -> Settings field. One table so `.env.example`, `--help` and
@@ -135,31 +145,29 @@ _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_bat
                   "max_object_bytes", "max_image_pixels", "thumbnail_size", "max_decode_bytes"}
 _POSITIVE_FLOATS = {"processing_timeout_seconds"}
 _ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb", "metrics_port"}
+_SWITCHES = {"face_detection", "s3_fast_path"}
+_URLS = {"s3_endpoint_url", "meili_url", "sqs_queue_url"}
+_REQUIRED = {"kafka_bootstrap_servers", "kafka_topic", "kafka_dead_letter_topic", "kafka_consumer_group",
+             "s3_bucket", "meili_url", "meili_index"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 def _parse(attr: str, raw: str):
-    """Turn one raw string into the field's type; raise ValueError with a short reason."""
+    """Turn one raw string into the field's type; raise ValueError with a short reason. Ranges and
+    rules between fields are checked on the typed values, by `_problems`."""
     raw = raw.strip()
     if attr in _POSITIVE_INTS or attr in _ZERO_OK_INTS:
         try:
-            value = int(raw)
+            return int(raw)
         except ValueError:
             raise ValueError(f"must be a whole number, got {raw!r}") from None
-        zero_ok = attr in _ZERO_OK_INTS
-        if value < (0 if zero_ok else 1):
-            raise ValueError(f"must be {'0 or more' if zero_ok else 'at least 1'}, got {value}")
-        return value
     if attr in _POSITIVE_FLOATS:
         try:
-            value = float(raw)
+            return float(raw)
         except ValueError:
             raise ValueError(f"must be a number, got {raw!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"must be a positive number, got {raw!r}")
-        return value
-    if attr in ("face_detection", "s3_fast_path"):
+    if attr in _SWITCHES:
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
@@ -181,26 +189,51 @@ def _parse(attr: str, raw: str):
     if attr == "local_state_dir":
         path = Path(raw)
         return path if path.is_absolute() else REPO_ROOT / path
-    if attr in ("s3_endpoint_url", "meili_url", "sqs_queue_url") and raw:
-        parsed = urlparse(raw)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    if attr in _URLS:
         return raw.rstrip("/")
     if attr in ("s3_raw_prefix", "s3_processed_prefix", "s3_export_prefix"):
         return raw if not raw or raw.endswith("/") else raw + "/"
     return raw
 
 
+def _field_problem(attr: str, value) -> str | None:
+    """What is wrong with one typed value, or None."""
+    if attr in _POSITIVE_INTS or attr in _ZERO_OK_INTS:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"must be a whole number, got {value!r}"
+        if attr in _ZERO_OK_INTS and value < 0:
+            return f"must be 0 or more, got {value}"
+        if attr in _POSITIVE_INTS and value < 1:
+            return f"must be at least 1, got {value}"
+        if attr == "metrics_port" and value > 65535:
+            return f"must be a TCP port (1-65535) or 0, got {value}"
+    if attr in _POSITIVE_FLOATS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            return f"must be a positive number, got {value!r}"
+    if attr in _SWITCHES and not isinstance(value, bool):
+        return f"must be on or off, got {value!r}"
+    if attr in _URLS and value:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            return f"must be an http(s) URL, got {value!r}"
+    if attr in _REQUIRED and not value:
+        return "must not be empty"
+    if attr == "meili_master_key" and value and len(value.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
+        # Never echo the key itself.
+        return f"must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes (it is {len(value.encode())})"
+    return None
+
+
 def _shown(prefix: str) -> str:
     return repr(prefix) if prefix else "empty: the whole bucket"
 
 
-def _overlapping_prefixes(settings: Settings) -> list[str]:
+def _overlapping_prefixes(settings: Settings, name) -> list[str]:
     """The pipeline must not eat its own output: the producer announces everything under the raw
     prefix, so derived images or the exported CSV written inside it would be processed again (and
     again). A prefix contains another when one starts with the other; the empty prefix contains all."""
-    named = [("S3_RAW_PREFIX", settings.s3_raw_prefix), ("S3_PROCESSED_PREFIX", settings.s3_processed_prefix),
-             ("S3_EXPORT_PREFIX", settings.s3_export_prefix)]
+    named = [(name(attr), getattr(settings, attr)) for attr in ("s3_raw_prefix", "s3_processed_prefix",
+                                                                 "s3_export_prefix")]
     problems = []
     for i, (name_a, a) in enumerate(named):
         for name_b, b in named[i + 1:]:
@@ -210,33 +243,46 @@ def _overlapping_prefixes(settings: Settings) -> list[str]:
     return problems
 
 
+def _problems(settings: Settings, names: Mapping[str, str], skip: Collection[str] = ()) -> list[str]:
+    """Every problem of these settings, each naming its field as `names` says (an option, say) or
+    else by its environment variable. The one check of the environment and of overrides alike;
+    `skip`: fields already reported (a value that could not be parsed)."""
+    def name(attr: str) -> str:
+        return names.get(attr) or ENV_VAR_OF[attr]
+
+    problems = []
+    for attr in ENV_VARS.values():
+        problem = None if attr in skip else _field_problem(attr, getattr(settings, attr))
+        if problem:
+            problems.append(f"{name(attr)} {problem}")
+    if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
+        problems.append(f"{name('kafka_dead_letter_topic')} must differ from {name('kafka_topic')}")
+    if all(isinstance(getattr(settings, attr), str) for attr in ("s3_raw_prefix", "s3_processed_prefix",
+                                                                  "s3_export_prefix")):
+        problems += _overlapping_prefixes(settings, name)
+    return problems
+
+
+def _checked(settings: Settings, names: Mapping[str, str], skip: Collection[str] = (),
+             problems: Sequence[str] = ()) -> Settings:
+    problems = [*problems, *_problems(settings, names, skip)]
+    if problems:
+        raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))
+    return settings
+
+
 def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     """Build Settings from a mapping of environment variables, listing every problem at once."""
     values: dict[str, object] = {}
-    problems: list[str] = []
+    unparsed: dict[str, str] = {}
     for env_name, attr in ENV_VARS.items():
         if env_name not in env:
             continue
         try:
             values[attr] = _parse(attr, env[env_name])
         except ValueError as exc:
-            problems.append(f"{env_name} {exc}")
-    settings = Settings(**values)
-    for name in ("kafka_bootstrap_servers", "kafka_topic", "kafka_dead_letter_topic",
-                 "kafka_consumer_group", "s3_bucket", "meili_url", "meili_index"):
-        if not getattr(settings, name):
-            problems.append(f"{ENV_VAR_OF[name]} must not be empty")
-    if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
-        problems.append("KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC")
-    problems += _overlapping_prefixes(settings)
-    if settings.metrics_port > 65535:
-        problems.append(f"METRICS_PORT must be a TCP port (1-65535) or 0, got {settings.metrics_port}")
-    if settings.meili_master_key and len(settings.meili_master_key.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
-        problems.append(f"MEILI_MASTER_KEY must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes "
-                        f"(it is {len(settings.meili_master_key.encode())})")
-    if problems:
-        raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))
-    return settings
+            unparsed[attr] = f"{env_name} {exc}"
+    return _checked(Settings(**values), {}, skip=unparsed, problems=list(unparsed.values()))
 
 
 def load_settings(env_file: Path | None = None, require_meili_key: bool = False) -> Settings:
@@ -264,7 +310,7 @@ def to_env(settings: Settings) -> dict[str, str]:
             text = json.dumps(dict(value)) if value else ""
         elif f.name == "s3_allowed_buckets":
             text = ",".join(value)
-        elif f.name in ("face_detection", "s3_fast_path"):
+        elif f.name in _SWITCHES:
             text = "on" if value else "off"
         else:
             text = str(value)

@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.reading_key:  # the readers' key (search, documents.get) is all it needs
             raise UserError("invalid settings:\n  - MEILI_SEARCH_KEY (a key that may read documents) or "
                             "MEILI_ADMIN_KEY is not set; `make up` generates them for the local stack")
-        if args.index:
-            settings = settings.with_overrides(meili_index=args.index)
+        settings = settings.with_options(args, {"index": "meili_index"})
         if args.page_size < 1:
             raise UserError("--page-size must be at least 1")
         if args.upload and args.s3_key is not None and args.s3_key.startswith(settings.s3_raw_prefix):

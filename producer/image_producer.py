@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
 
     def body() -> int:
-        settings = load_settings()
-        if args.topic:
-            settings = settings.with_overrides(kafka_topic=args.topic)
+        settings = load_settings().with_options(args, {"topic": "kafka_topic", "metrics_port": "metrics_port"})
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be at least 1")
         if args.rate is not None and args.rate <= 0:
@@ -178,10 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--watch needs a positive number of seconds")
         bucket = args.bucket or settings.s3_bucket
         prefix = settings.s3_raw_prefix if args.prefix is None else args.prefix
-        if args.metrics_port is not None:
-            if not 0 <= args.metrics_port <= 65535:
-                raise UserError("--metrics-port must be a TCP port (1-65535), or 0 for none")
-            settings = settings.with_overrides(metrics_port=args.metrics_port)
         metrics = None
         if settings.metrics_port:
             from imgpipe.metrics import ProducerMetrics, serve

@@ -71,3 +71,70 @@ def test_prefixes_that_contain_one_another_are_refused(env, named):
 def test_reading_prefers_the_search_key_and_indexing_the_admin_key():
     s = Settings(meili_master_key="m" * 16, meili_admin_key="a" * 16, meili_search_key="s" * 16)
     assert s.indexing_key == "a" * 16 and s.reading_key == "s" * 16
+
+
+def test_overrides_are_checked_as_the_environment_is():
+    """One check for both: a script's option cannot slip past a rule its variable obeys."""
+    base = settings_from_mapping({})
+    with pytest.raises(SettingsError) as err:
+        base.with_overrides(metrics_port=70000, consumer_batch_size=0, consumer_workers=-1, meili_url="ftp://x",
+                            kafka_dead_letter_topic=base.kafka_topic, s3_processed_prefix=base.s3_raw_prefix,
+                            processing_timeout_seconds=float("inf"), meili_index="")
+    text = str(err.value)
+    for expected in ("METRICS_PORT must be a TCP port (1-65535) or 0, got 70000",
+                     "CONSUMER_BATCH_SIZE must be at least 1, got 0", "CONSUMER_WORKERS must be 0 or more, got -1",
+                     "MEILI_URL must be an http(s) URL", "KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC",
+                     "must not contain one another", "PROCESSING_TIMEOUT_SECONDS must be a positive number",
+                     "MEILI_INDEX must not be empty"):
+        assert expected in text
+    assert base.with_overrides(metrics_port=9464, consumer_workers=0).metrics_port == 9464
+
+
+def test_overrides_of_the_wrong_type_are_refused():
+    with pytest.raises(SettingsError, match="CONSUMER_BATCH_SIZE must be a whole number, got '200'"):
+        Settings().with_overrides(consumer_batch_size="200")
+    with pytest.raises(SettingsError, match="FACE_DETECTION must be on or off"):
+        Settings().with_overrides(face_detection="off")
+
+
+def test_a_short_master_key_is_refused_without_being_shown():
+    with pytest.raises(SettingsError, match="MEILI_MASTER_KEY must be at least 16 bytes") as err:
+        Settings().with_overrides(meili_master_key="hunter2")
+    assert "hunter2" not in str(err.value)
+
+
+def test_options_are_named_with_the_variable_behind_them():
+    import argparse
+
+    options = {"metrics_port": "metrics_port", "batch_size": "consumer_batch_size", "topic": "kafka_topic"}
+    args = argparse.Namespace(metrics_port=70000, batch_size=0, topic=None)
+    with pytest.raises(SettingsError) as err:
+        Settings().with_options(args, options)
+    text = str(err.value)
+    assert "--metrics-port (env METRICS_PORT) must be a TCP port (1-65535) or 0, got 70000" in text
+    assert "--batch-size (env CONSUMER_BATCH_SIZE) must be at least 1, got 0" in text
+    assert "KAFKA_TOPIC" not in text  # an option not given changes nothing
+    given = Settings().with_options(argparse.Namespace(metrics_port=9464, batch_size=None, topic="t"), options)
+    assert (given.metrics_port, given.consumer_batch_size, given.kafka_topic) == (9464, 200, "t")
+
+
+def test_an_unparsable_value_is_reported_once():
+    with pytest.raises(SettingsError) as err:
+        settings_from_mapping({"CONSUMER_BATCH_SIZE": "lots", "METRICS_PORT": "99999"})
+    text = str(err.value)
+    assert text.count("CONSUMER_BATCH_SIZE") == 1 and "must be a whole number, got 'lots'" in text
+    assert "METRICS_PORT must be a TCP port (1-65535) or 0, got 99999" in text
+
+
+@pytest.mark.parametrize("script", ["producer/image_producer.py", "consumer/image_consumer.py"])
+def test_scripts_refuse_a_bad_option_through_the_settings_check(script):
+    import subprocess
+    import sys
+
+    from imgpipe.settings import REPO_ROOT
+
+    result = subprocess.run([sys.executable, script, "--metrics-port", "70000"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--metrics-port (env METRICS_PORT) must be a TCP port (1-65535) or 0, got 70000" in result.stderr
+    assert "Traceback" not in result.stderr

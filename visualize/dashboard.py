@@ -87,8 +87,7 @@ def serve(args) -> int:
 
     check_args(args)
     settings = load_settings()
-    if args.index:
-        settings = settings.with_overrides(meili_index=args.index)
+    settings = settings.with_options(args, {"index": "meili_index"})
     app = create_app(settings, Options(metrics_urls=tuple(args.metrics_url), dead_letters=args.dead_letters,
                                        mapreduce_dir=args.mapreduce_dir, consumer_summary=args.consumer_summary))
     try:

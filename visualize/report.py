@@ -274,8 +274,7 @@ def visualize(args) -> int:
         raise UserError("--dead-lettered must be 0 or more")
     parse_sort(args.sort)
     settings = load_settings()
-    if args.index:
-        settings = settings.with_overrides(meili_index=args.index)
+    settings = settings.with_options(args, {"index": "meili_index"})
 
     if args.csv:
         view = documents_view(read_csv(args.csv), str(args.csv), args)

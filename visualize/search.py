@@ -116,8 +116,7 @@ def search(args) -> int:
     if args.similar is not None and (args.query or args.sort):
         raise UserError("--similar ranks by likeness: it takes no query words and no --sort (--filter works)")
     settings = load_settings()
-    if args.index:
-        settings = settings.with_overrides(meili_index=args.index)
+    settings = settings.with_options(args, {"index": "meili_index"})
     query = args.query or ""
     if args.similar is not None:
         params = {k: v for k, v in search_params(args).items() if k != "sort"}
