@@ -4,7 +4,7 @@ groups out.
 
     duplicates_groups.py
 
-Standalone like reducer.py: standard library only, Python 3.7-compatible.
+Standalone like reducer.py: standard library only, Python 3.7-compatible (with streaming_common.py).
 
 Input: the edges of duplicates_reducer.py, `kind id_a id_b`, in any order (the mapper of this
 stage is /bin/cat). Lines of this script's own output are accepted too, so groups can be
@@ -18,10 +18,13 @@ Output, one line per group of two or more, sorted, tab-separated:
 `kind` is exact or near, `group` the smallest id of the group, `ids` all of them, sorted and
 comma-separated.
 """
-import io
 import sys
 
-COUNTER_GROUP = "imgpipe"
+if __package__:  # imported as mapreduce.duplicates_groups (run_job.py, the tests)
+    from . import streaming_common as common
+else:  # run as a script: streaming_common.py is beside it (see its docstring for the cluster)
+    import streaming_common as common
+
 KINDS = ("exact", "near")
 
 
@@ -96,22 +99,16 @@ def reduce_lines(lines, counters):
         try:
             kind, ids = parse_line(line)
         except MalformedLine:
-            counters["groups_malformed_lines"] = counters.get("groups_malformed_lines", 0) + 1
+            common.count(counters, "groups_malformed_lines")
             continue
         joined[kind].append(ids)
     for kind in KINDS:  # "exact" < "near": the output is sorted
         groups = reduce_group(kind, joined[kind])
         if groups:
-            counters[kind + "_groups"] = counters.get(kind + "_groups", 0) + len(groups)
-            counters[kind + "_grouped_ids"] = counters.get(kind + "_grouped_ids", 0) + sum(g[1] for g in groups)
+            common.count(counters, kind + "_groups", len(groups))
+            common.count(counters, kind + "_grouped_ids", sum(g[1] for g in groups))
         for group in groups:
             yield format_group(kind, group)
-
-
-def report_counters(counters, stderr):
-    for name in sorted(counters):
-        stderr.write("reporter:counter:%s,%s,%d\n" % (COUNTER_GROUP, name, counters[name]))
-    stderr.flush()
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None):
@@ -120,16 +117,9 @@ def main(argv=None, stdin=None, stdout=None, stderr=None):
     if argv:
         err.write("usage: duplicates_groups.py  (reads edge lines on stdin, writes groups)\n")
         return 2
-    lines = stdin if stdin is not None else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
-                                                             errors="replace", newline="\n")
-    out = stdout if stdout is not None else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8",
-                                                             newline="\n")
+    lines = stdin if stdin is not None else common.stdin_text()
     counters = {}
-    for text in reduce_lines(lines, counters):
-        out.write(text)
-    out.flush()
-    report_counters(counters, err)
-    return 0
+    return common.write_output(reduce_lines(lines, counters), counters, stdout, err)
 
 
 if __name__ == "__main__":

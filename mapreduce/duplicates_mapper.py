@@ -4,7 +4,7 @@
     duplicates_mapper.py [--threshold T]
 
 Standalone like mapper.py (EMR nodes have nothing of ours installed): standard library only,
-and Python 3.7-compatible so it also runs on EMR 6.x nodes.
+and Python 3.7-compatible (with streaming_common.py).
 
 For each good row, one line for its sha256 and one line per band of its pHash, tab-separated,
 key = the first two fields:
@@ -18,28 +18,24 @@ and meet under that band's key. duplicates_reducer.py compares the hashes under 
 
 Counters go to stderr as `reporter:counter:imgpipe,<name>,<n>`; only stdout carries data.
 """
-import csv
-import io
 import re
 import sys
 
-# The CSV columns of mapreduce/export_csv.py (imgpipe.document.FIELDS, in order), as in
-# mapper.py: Hadoop hands the header only to the mapper of the first split.
-DEFAULT_COLUMNS = (
-    "id", "bucket", "key", "file_name", "format", "size_bytes", "size_kb", "width", "height",
-    "channels", "bit_depth", "megapixels", "mean_brightness", "sharpness", "edge_density",
-    "dominant_color", "faces", "phash", "sha256", "thumbnail_key", "grayscale_key", "etag",
-    "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
-    "size_bin_kb", "processed_hour",
-)
-REQUIRED_COLUMNS = ("id", "phash", "sha256")
+if __package__:  # imported as mapreduce.duplicates_mapper (run_job.py, the tests)
+    from . import streaming_common as common
+else:  # run as a script: streaming_common.py is beside it (see its docstring for the cluster)
+    import streaming_common as common
 
-HASH_BITS = 64
-# Chosen by measurement (bench/duplicates_threshold.py; numbers in mapreduce/README.md).
-DEFAULT_THRESHOLD = 8
-MAX_THRESHOLD = 31  # bands of at least two bits
-COUNTER_GROUP = "imgpipe"
-EXACT_KEY = "sha256"
+MalformedRow = common.MalformedRow
+DEFAULT_COLUMNS = common.EXPORT_COLUMNS
+REQUIRED_COLUMNS = ("id", "phash", "sha256")
+DEFAULT_POSITIONS = common.column_positions(DEFAULT_COLUMNS, REQUIRED_COLUMNS)
+
+HASH_BITS = common.HASH_BITS
+DEFAULT_THRESHOLD = common.DEFAULT_THRESHOLD
+MAX_THRESHOLD = common.MAX_THRESHOLD
+bands = common.bands
+EXACT_KEY = common.EXACT_KEY
 
 # MeiliSearch's rule for document ids; it also keeps the tab and comma framing of the output safe.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,511}$", re.ASCII)
@@ -47,73 +43,9 @@ _PHASH = re.compile(r"[0-9a-fA-F]{16}$", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}$", re.ASCII)
 
 
-class MalformedRow(ValueError):
-    """A data row the job cannot use; `reason` becomes a counter name."""
-
-    def __init__(self, reason):
-        ValueError.__init__(self, reason)
-        self.reason = reason
-
-
-def bands(threshold):
-    """(shift, width) of each of the threshold + 1 bands, from the most significant bit: the
-    first 64 % (T+1) bands are one bit wider than the others."""
-    count = threshold + 1
-    result = []
-    end = HASH_BITS
-    for index in range(count):
-        width = HASH_BITS // count + (1 if index < HASH_BITS % count else 0)
-        end -= width
-        result.append((end, width))
-    return result
-
-
 def band_values(phash, band_list):
     """The value of each band of an integer hash."""
     return [(phash >> shift) & ((1 << width) - 1) for shift, width in band_list]
-
-
-class _OneLine:
-    """Feeds a csv.reader one line at a time, so the reader is built once (as in mapper.py)."""
-
-    def __init__(self):
-        self.line = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        line, self.line = self.line, None
-        if line is None:
-            raise StopIteration
-        return line
-
-
-_FEED = _OneLine()
-_READER = csv.reader(_FEED, strict=True)
-
-
-def parse_line(line):
-    """One physical line -> its CSV fields; each line is parsed alone (see mapper.py)."""
-    line = line.rstrip("\r\n")
-    if '"' not in line:
-        return line.split(",")
-    _FEED.line = line
-    try:
-        return next(_READER)
-    except (csv.Error, StopIteration):
-        raise MalformedRow("bad_quoting") from None
-
-
-def is_header(fields):
-    return DEFAULT_COLUMNS[0] in fields and all(name in fields for name in REQUIRED_COLUMNS)
-
-
-def column_positions(columns):
-    return {name: columns.index(name) for name in REQUIRED_COLUMNS}, len(columns)
-
-
-DEFAULT_POSITIONS = column_positions(DEFAULT_COLUMNS)
 
 
 def row_values(fields, positions=None):
@@ -158,20 +90,18 @@ def map_lines(lines, threshold, counters):
     rows = no_phash = no_sha = 0
     for line in lines:
         if not line.strip():
-            counters["blank_lines"] = counters.get("blank_lines", 0) + 1
+            common.count(counters, "blank_lines")
             continue
         try:
-            fields = parse_line(line)
-            if is_header(fields):
+            fields = common.parse_csv_line(line)
+            if common.is_header(fields, REQUIRED_COLUMNS):
                 # A header names the columns for the rows after it.
-                positions = column_positions(fields)
-                counters["header_rows"] = counters.get("header_rows", 0) + 1
+                positions = common.column_positions(fields, REQUIRED_COLUMNS)
+                common.count(counters, "header_rows")
                 continue
             doc_id, phash, sha = row_values(fields, positions)
         except MalformedRow as bad:
-            name = "malformed_" + bad.reason
-            counters[name] = counters.get(name, 0) + 1
-            counters["malformed_rows"] = counters.get("malformed_rows", 0) + 1
+            common.count_malformed(counters, bad)
             continue
         rows += 1
         no_phash += phash is None
@@ -180,19 +110,7 @@ def map_lines(lines, threshold, counters):
             yield "\t".join(record) + "\n"
     for name, value in (("rows", rows), ("no_phash", no_phash), ("no_sha256", no_sha)):
         if value:
-            counters[name] = counters.get(name, 0) + value
-
-
-def report_counters(counters, stderr):
-    for name in sorted(counters):
-        stderr.write("reporter:counter:%s,%s,%d\n" % (COUNTER_GROUP, name, counters[name]))
-    stderr.flush()
-
-
-def utf8_lines(binary):
-    """Lines of a byte stream split on LF only, decoded as UTF-8 (bad bytes replaced)."""
-    for raw in binary:
-        yield raw.decode("utf-8", "replace")
+            common.count(counters, name, value)
 
 
 def parse_threshold(argv, err):
@@ -214,15 +132,9 @@ def main(argv=None, stdin=None, stdout=None, stderr=None):
     threshold = parse_threshold(argv, err)
     if threshold is None:
         return 2
-    lines = stdin if stdin is not None else utf8_lines(sys.stdin.buffer)
-    out = stdout if stdout is not None else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8",
-                                                             newline="\n")
+    lines = stdin if stdin is not None else common.utf8_lines(sys.stdin.buffer)
     counters = {}
-    for text in map_lines(lines, threshold, counters):
-        out.write(text)
-    out.flush()
-    report_counters(counters, err)
-    return 0
+    return common.write_output(map_lines(lines, threshold, counters), counters, stdout, err)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
     duplicates_reducer.py [--threshold T] [--max-bucket N]
 
-Standalone like reducer.py: standard library only, Python 3.7-compatible.
+Standalone like reducer.py: standard library only, Python 3.7-compatible (with streaming_common.py).
 
 Input: duplicates_mapper.py's lines, sorted so that the lines of one key (the first two
 fields) are adjacent. Output: one edge per line, tab-separated, `kind id_a id_b` with kind
@@ -33,16 +33,20 @@ parts are not compared: near duplicates may be missed there. Counted, never sile
 `giant_buckets`, `giant_bucket_hashes` and `uncompared_pairs` (pairs not compared, an upper
 bound of what is missing); run_job.py warns when they are not zero.
 """
-import io
 import sys
 from itertools import groupby, repeat
 
-COUNTER_GROUP = "imgpipe"
-HASH_BITS = 64
-# Both as in duplicates_mapper.py (tests/test_mapreduce_duplicates.py checks they agree).
-DEFAULT_THRESHOLD = 8
-MAX_THRESHOLD = 31
-EXACT_KEY = "sha256"
+if __package__:  # imported as mapreduce.duplicates_reducer (run_job.py, the tests)
+    from . import streaming_common as common
+else:  # run as a script: streaming_common.py is beside it (see its docstring for the cluster)
+    import streaming_common as common
+
+# One cut of the pHash for the mapper and this reducer.
+HASH_BITS = common.HASH_BITS
+DEFAULT_THRESHOLD = common.DEFAULT_THRESHOLD
+MAX_THRESHOLD = common.MAX_THRESHOLD
+bands = common.bands
+EXACT_KEY = common.EXACT_KEY
 BAND_PREFIX = "band"
 # Distinct hashes a group that cutting cannot shrink may compare all pairs of: 10,000 is 50
 # million comparisons, ~3 s on Python 3.11 and ~20 s on 3.9 (measured in mapreduce/README.md).
@@ -51,18 +55,6 @@ DEFAULT_MAX_BUCKET = 10000
 
 class MalformedLine(ValueError):
     """A line that is not a mapper output line."""
-
-
-def bands(threshold):
-    """(shift, width) of the threshold + 1 bands; the same cut as duplicates_mapper.bands."""
-    count = threshold + 1
-    result = []
-    end = HASH_BITS
-    for index in range(count):
-        width = HASH_BITS // count + (1 if index < HASH_BITS % count else 0)
-        end -= width
-        result.append((end, width))
-    return result
 
 
 def band_masks(band_list):
@@ -271,18 +263,12 @@ def reduce_lines(lines, threshold, max_bucket, counters):
             try:
                 yield parse_line(line, threshold)
             except MalformedLine:
-                counters["reducer_malformed_lines"] = counters.get("reducer_malformed_lines", 0) + 1
+                common.count(counters, "reducer_malformed_lines")
 
     for key, group in groupby(parsed(), key=lambda pair: pair[0]):
         values = [value for _, value in group]
         for edge in reduce_group(key, values, threshold, max_bucket, counters):
             yield "%s\t%s\t%s\n" % edge
-
-
-def report_counters(counters, stderr):
-    for name in sorted(counters):
-        stderr.write("reporter:counter:%s,%s,%d\n" % (COUNTER_GROUP, name, counters[name]))
-    stderr.flush()
 
 
 def parse_args(argv):
@@ -309,16 +295,9 @@ def main(argv=None, stdin=None, stdout=None, stderr=None):
                   % (MAX_THRESHOLD, DEFAULT_THRESHOLD, DEFAULT_MAX_BUCKET))
         return 2
     threshold, max_bucket = parsed
-    lines = stdin if stdin is not None else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
-                                                             errors="replace", newline="\n")
-    out = stdout if stdout is not None else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8",
-                                                             newline="\n")
+    lines = stdin if stdin is not None else common.stdin_text()
     counters = {}
-    for text in reduce_lines(lines, threshold, max_bucket, counters):
-        out.write(text)
-    out.flush()
-    report_counters(counters, err)
-    return 0
+    return common.write_output(reduce_lines(lines, threshold, max_bucket, counters), counters, stdout, err)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Hadoop-streaming mapper: image metadata CSV rows in, partial summaries out.
 
-Standalone on purpose: EMR nodes have nothing of ours installed, so this file uses the
-standard library only and stays Python 3.9-compatible. It runs the same under
-`cat CSV | mapper.py | LC_ALL=C sort | reducer.py`, local Hadoop and an EMR step.
+Standalone on purpose: EMR nodes have nothing of ours installed, so this file and
+streaming_common.py (shipped beside it) use the standard library only and stay Python
+3.7-compatible. It runs the same under `cat CSV | mapper.py | LC_ALL=C sort | reducer.py`,
+local Hadoop and an EMR step.
 
 Output, one line per group (tab-separated, key = the first two fields):
 
@@ -15,30 +16,25 @@ and a 1,000,000-row split becomes a few hundred lines to sort instead of 5,000,0
 
 Counters go to stderr as `reporter:counter:imgpipe,<name>,<n>`; only stdout carries data.
 """
-import csv
-import io
 import re
 import sys
 from datetime import datetime, timedelta
 
-# The CSV columns of mapreduce/export_csv.py (imgpipe.document.FIELDS, in order). Hadoop hands
-# the header only to the mapper of the first split, so every other split maps by this order.
-# tests/test_mapreduce_mapper.py fails if it drifts from FIELDS.
-DEFAULT_COLUMNS = (
-    "id", "bucket", "key", "file_name", "format", "size_bytes", "size_kb", "width", "height",
-    "channels", "bit_depth", "megapixels", "mean_brightness", "sharpness", "edge_density",
-    "dominant_color", "faces", "phash", "sha256", "thumbnail_key", "grayscale_key", "etag",
-    "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
-    "size_bin_kb", "processed_hour",
-)
+if __package__:  # imported as mapreduce.mapper (run_job.py, the tests)
+    from . import streaming_common as common
+else:  # run as a script: streaming_common.py is beside it (see its docstring for the cluster)
+    import streaming_common as common
+
+MalformedRow = common.MalformedRow
+DEFAULT_COLUMNS = common.EXPORT_COLUMNS
 REQUIRED_COLUMNS = ("format", "size_kb", "faces", "processed_at")
+DEFAULT_POSITIONS = common.column_positions(DEFAULT_COLUMNS, REQUIRED_COLUMNS)
 
 DIMENSIONS = ("format", "hour", "day", "size_bucket", "faces")
 # (upper bound in hundredths of a KiB, label); the last bucket has no upper bound.
 SIZE_BUCKETS = ((50 * 100, "<50KB"), (200 * 100, "50-200KB"), (1000 * 100, "200-1000KB"),
                 (None, ">=1000KB"))
 
-COUNTER_GROUP = "imgpipe"
 # Flush the in-mapper sums when this many groups are held, so memory stays bounded even if a
 # column (say, format) holds garbage with a new value on every row.
 MAX_HELD_GROUPS = 10000
@@ -49,61 +45,6 @@ _ISO_UTC = re.compile(r"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01]))T([01]\
 _ISO_ANY = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
                       re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class MalformedRow(ValueError):
-    """A data row that cannot be summarised; `reason` becomes a counter name."""
-
-    def __init__(self, reason):
-        ValueError.__init__(self, reason)
-        self.reason = reason
-
-
-class _OneLine:
-    """Feeds a csv.reader one line at a time, so the reader (and its parsing state) is built once."""
-
-    def __init__(self):
-        self.line = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        line, self.line = self.line, None
-        if line is None:
-            raise StopIteration
-        return line
-
-
-_FEED = _OneLine()
-_READER = csv.reader(_FEED, strict=True)
-
-
-def parse_line(line):
-    """One physical line -> its CSV fields. Each line is parsed alone, so a stray quote
-    cannot swallow the rows after it: a quoted field left open ends the data, which the
-    strict reader reports as an error."""
-    line = line.rstrip("\r\n")
-    if '"' not in line:
-        return line.split(",")
-    _FEED.line = line
-    try:
-        return next(_READER)
-    except (csv.Error, StopIteration):
-        raise MalformedRow("bad_quoting") from None
-
-
-def is_header(fields):
-    """A row naming the columns: it holds "id" and every column the mapper reads, in any order."""
-    return DEFAULT_COLUMNS[0] in fields and all(name in fields for name in REQUIRED_COLUMNS)
-
-
-def column_positions(columns):
-    """Column name -> position, for the columns the mapper reads."""
-    return {name: columns.index(name) for name in REQUIRED_COLUMNS}, len(columns)
-
-
-DEFAULT_POSITIONS = column_positions(DEFAULT_COLUMNS)
 
 
 def size_hundredths(text):
@@ -125,7 +66,7 @@ def day_and_hour(text):
     if match and match.group(1)[8:] <= "28":
         return match.group(1), match.group(2)
     # Parsed by hand rather than by datetime.fromisoformat, which accepts different
-    # strings on Python 3.9 (EMR) and 3.11.
+    # strings on Python 3.7 (EMR 6.x), 3.9 (EMR 7) and 3.11.
     match = _ISO_ANY.match(text)
     if not match:
         raise MalformedRow("bad_processed_at")
@@ -193,14 +134,10 @@ def add_partial(held, key, count, total, low, high):
             seen[3] = high
 
 
-def kib(hundredths):
-    """Exact two-decimal text of a whole number of hundredths: 1234 -> '12.34'."""
-    return "%d.%02d" % divmod(hundredths, 100)
-
-
 def format_partial(key, sums):
     dimension, value = key
     count, total, low, high = sums
+    kib = common.kib
     return "%s\t%s\t%d\t%s\t%s\t%s\n" % (dimension, value, count, kib(total), kib(low), kib(high))
 
 
@@ -222,21 +159,19 @@ def map_lines(lines, counters):
     rows = 0
     for line in lines:
         if not line.strip():
-            counters["blank_lines"] = counters.get("blank_lines", 0) + 1
+            common.count(counters, "blank_lines")
             continue
         try:
-            fields = parse_line(line)
-            if is_header(fields):
+            fields = common.parse_csv_line(line)
+            if common.is_header(fields, REQUIRED_COLUMNS):
                 # A header names the columns for the rows after it (a concatenation of two
                 # exports may carry two headers).
-                positions = column_positions(fields)
-                counters["header_rows"] = counters.get("header_rows", 0) + 1
+                positions = common.column_positions(fields, REQUIRED_COLUMNS)
+                common.count(counters, "header_rows")
                 continue
             values, size = group_values(fields, positions)
         except MalformedRow as bad:
-            name = "malformed_" + bad.reason
-            counters[name] = counters.get(name, 0) + 1
-            counters["malformed_rows"] = counters.get("malformed_rows", 0) + 1
+            common.count_malformed(counters, bad)
             continue
         rows += 1
         seen = held.get(values)
@@ -254,35 +189,15 @@ def map_lines(lines, counters):
             elif size > seen[3]:
                 seen[3] = size
     if rows:
-        counters["rows"] = counters.get("rows", 0) + rows
+        common.count(counters, "rows", rows)
     for text in partial_lines(held):
         yield text
 
 
-def report_counters(counters, stderr):
-    for name in sorted(counters):
-        stderr.write("reporter:counter:%s,%s,%d\n" % (COUNTER_GROUP, name, counters[name]))
-    stderr.flush()
-
-
-def utf8_lines(binary):
-    """Lines of a byte stream split on LF only, decoded as UTF-8 (bad bytes replaced):
-    Hadoop passes bytes through, and the node's locale may not be UTF-8."""
-    for raw in binary:
-        yield raw.decode("utf-8", "replace")
-
-
 def main(stdin=None, stdout=None, stderr=None):
-    lines = stdin if stdin is not None else utf8_lines(sys.stdin.buffer)
-    out = stdout if stdout is not None else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8",
-                                                             newline="\n")
-    err = stderr if stderr is not None else sys.stderr
+    lines = stdin if stdin is not None else common.utf8_lines(sys.stdin.buffer)
     counters = {}
-    for text in map_lines(lines, counters):
-        out.write(text)
-    out.flush()
-    report_counters(counters, err)
-    return 0
+    return common.write_output(map_lines(lines, counters), counters, stdout, stderr)
 
 
 if __name__ == "__main__":

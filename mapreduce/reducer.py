@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hadoop-streaming reducer (and combiner): merges partial summaries of each group.
 
-Standalone like mapper.py: standard library only, Python 3.9-compatible.
+Standalone like mapper.py: standard library only, Python 3.7-compatible (with streaming_common.py).
 
 Input, sorted so that lines of one group are adjacent (key = the first two fields):
 
@@ -17,11 +17,15 @@ too (its mean is recomputed, not read), so the reducer can merge its own output 
 the result does not depend on how the input was split, combined or ordered. Sizes are KiB with
 two decimals, summed as whole hundredths (exact); the mean is rounded half up to two decimals.
 """
-import io
 import sys
 from itertools import groupby
 
-COUNTER_GROUP = "imgpipe"
+if __package__:  # imported as mapreduce.reducer (run_job.py, the tests)
+    from . import streaming_common as common
+else:  # run as a script: streaming_common.py is beside it (see its docstring for the cluster)
+    import streaming_common as common
+
+kib = common.kib
 
 
 class MalformedPartial(ValueError):
@@ -38,10 +42,6 @@ def hundredths(text):
 
 def _digits(text):
     return text.isascii() and text.isdigit()
-
-
-def kib(value):
-    return "%d.%02d" % divmod(value, 100)
 
 
 def mean_kib(total, count):
@@ -88,16 +88,10 @@ def reduce_lines(lines, counters, final=True):
             try:
                 yield parse_partial(line)
             except MalformedPartial:
-                counters["reducer_malformed_lines"] = counters.get("reducer_malformed_lines", 0) + 1
+                common.count(counters, "reducer_malformed_lines")
 
     for key, group in groupby(parsed(), key=lambda pair: pair[0]):
         yield format_line(*reduce_group(key, (partial for _, partial in group)), final=final)
-
-
-def report_counters(counters, stderr):
-    for name in sorted(counters):
-        stderr.write("reporter:counter:%s,%s,%d\n" % (COUNTER_GROUP, name, counters[name]))
-    stderr.flush()
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None):
@@ -106,16 +100,9 @@ def main(argv=None, stdin=None, stdout=None, stderr=None):
     if argv not in ([], ["--combiner"]):
         err.write("usage: reducer.py [--combiner]  (reads sorted partial lines on stdin)\n")
         return 2
-    lines = stdin if stdin is not None else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
-                                                             errors="replace", newline="\n")
-    out = stdout if stdout is not None else io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8",
-                                                             newline="\n")
+    lines = stdin if stdin is not None else common.stdin_text()
     counters = {}
-    for text in reduce_lines(lines, counters, final=argv != ["--combiner"]):
-        out.write(text)
-    out.flush()
-    report_counters(counters, err)
-    return 0
+    return common.write_output(reduce_lines(lines, counters, final=argv != ["--combiner"]), counters, stdout, err)
 
 
 if __name__ == "__main__":

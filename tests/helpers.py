@@ -69,3 +69,32 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def python37() -> str | None:
+    """A working Python 3.7 on this machine (pyenv keeps one), or None: the oldest Python the
+    streaming scripts meet (EMR 6.x nodes; EMR 7 has 3.9)."""
+    import glob
+    import shutil
+
+    candidates = [shutil.which("python3.7")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.7*/bin/python3.7")))
+    for candidate in filter(None, candidates):
+        if not os.path.exists(candidate):
+            continue
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 7))"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def require_python37() -> str:
+    """python37(), or a visible skip on a machine without it (a failure under CI)."""
+    import pytest
+
+    python = python37()
+    if python is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Python 3.7 to check the streaming scripts (pyenv install 3.7.16)")
+        pytest.skip("no Python 3.7 here (pyenv install 3.7.16) to run the streaming scripts under")
+    return python

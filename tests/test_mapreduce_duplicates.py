@@ -3,15 +3,11 @@ pure functions, counters, golden output checked against brute force, and groups 
 depend on input order, on how the input is split, or on how the keys reach the reducers."""
 from __future__ import annotations
 
-import ast
 import csv
-import glob
 import io
 import itertools
 import os
 import random
-import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +21,7 @@ from mapreduce import duplicates_reducer as reducer
 from bench import duplicates_threshold as measure_threshold
 from mapreduce.export_csv import to_row, write_csv
 from fixtures.documents import sample_documents
+from tests.helpers import require_python37
 from fixtures.duplicates import planted_documents
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "duplicates"
@@ -536,44 +533,11 @@ def test_a_few_thousand_rows_give_the_brute_force_groups():
 
 # The scripts as EMR runs them -------------------------------------------------------------------
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_scripts_are_python37_stdlib_executables(script):
-    source = script.read_text(encoding="utf-8")
-    assert source.startswith("#!/usr/bin/env python3\n")
-    assert script.stat().st_mode & stat.S_IXUSR, f"{script.name} must be executable (chmod +x)"
-    tree = ast.parse(source, feature_version=(3, 7))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= set(sys.stdlib_module_names), f"not stdlib: {imported - set(sys.stdlib_module_names)}"
-    assert not any(isinstance(node, (ast.NamedExpr, ast.Match)) for node in ast.walk(tree))
-    assert not any(getattr(node, "returns", None) or getattr(node, "annotation", None) for node in ast.walk(tree))
-
-
-def python37() -> str | None:
-    """A working Python 3.7 on this machine (pyenv keeps one), or None."""
-    candidates = [shutil.which("python3.7")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.7*/bin/python3.7")))
-    candidates.append("/root/.pyenv/versions/3.7.16/bin/python3.7")
-    for candidate in filter(None, candidates):
-        if not os.path.exists(candidate):
-            continue
-        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 7))"],
-                               capture_output=True, text=True)
-        if probe.returncode == 0 and probe.stdout.strip() == "True":
-            return candidate
-    return None
-
-
 def test_both_stages_run_as_shell_pipes_under_python37():
     """`cat | mapper | sort | reducer | sort | groups` under Python 3.7 (EMR 6.x nodes), which
     has neither int.bit_count nor 3.8 syntax. Skipped, visibly, only on a machine without 3.7;
     under CI (CI set) a missing 3.7 fails."""
-    python = python37()
-    if python is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Python 3.7 to check the duplicates scripts (pyenv install 3.7.16)")
-        pytest.skip("no Python 3.7 here (pyenv install 3.7.16) to run the duplicates scripts under")
+    python = require_python37()
     mapper_py, reducer_py, groups_py = SCRIPTS
     result = subprocess.run(
         f"cat {GOLDEN / 'input.csv'} | {python} {mapper_py} --threshold {T} | LC_ALL=C sort "

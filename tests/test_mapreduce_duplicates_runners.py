@@ -3,9 +3,11 @@ the real Hadoop Streaming jar in local mode (two chained streaming jobs), and EM
 and S3, with a stand-in cluster that runs each step's streaming arguments as Hadoop would)."""
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from moto.emr.models import emr_backends
 from imgpipe.settings import Settings
 from mapreduce import run_job
 from mapreduce.runners import emr, pipe
-from mapreduce.runners.common import (DUPLICATES_GROUPS, DUPLICATES_MAPPER, DUPLICATES_REDUCER, JobFailed, JobSpec,
-                                      duplicate_stages, stage_streaming_args)
+from mapreduce.runners.common import (DUPLICATES_GROUPS, DUPLICATES_MAPPER, DUPLICATES_REDUCER, STREAMING_COMMON,
+                                      JobFailed, JobSpec, duplicate_stages, stage_streaming_args)
 from tests.test_mapreduce_duplicates import (GOLDEN, MALFORMED_REASONS, T, brute_force, golden_documents,
                                              golden_groups, rows_of)
 
@@ -119,17 +121,19 @@ def test_the_stages_streaming_arguments_are_what_a_user_types():
     first, second = duplicate_stages(JobSpec(input="x", output_dir=Path("o"), job="duplicates", threshold=6,
                                              max_bucket=500))
     assert stage_streaming_args(first, input_uri="in.csv", output_uri="s1", reducers=3,
-                                files=["/x/duplicates_mapper.py", "/x/duplicates_reducer.py"]) == [
+                                files=["/x/duplicates_mapper.py", "/x/duplicates_reducer.py", "/x/c.py"]) == [
         "-D", "stream.num.map.output.key.fields=2",
-        "-files", "/x/duplicates_mapper.py,/x/duplicates_reducer.py",
+        "-files", "/x/duplicates_mapper.py,/x/duplicates_reducer.py,/x/c.py", "-cmdenv", "PYTHONPATH=.",
         "-mapper", "duplicates_mapper.py --threshold 6",
         "-reducer", "duplicates_reducer.py --threshold 6 --max-bucket 500",
         "-numReduceTasks", "3", "-input", "in.csv", "-output", "s1"]
     assert stage_streaming_args(second, input_uri="s1", output_uri="out", reducers=3,
-                                files=["/x/duplicates_groups.py"]) == [
-        "-files", "/x/duplicates_groups.py", "-mapper", "/bin/cat", "-reducer", "duplicates_groups.py",
+                                files=["/x/duplicates_groups.py", "/x/c.py"]) == [
+        "-files", "/x/duplicates_groups.py,/x/c.py", "-cmdenv", "PYTHONPATH=.",
+        "-mapper", "/bin/cat", "-reducer", "duplicates_groups.py",
         "-numReduceTasks", "1", "-input", "s1", "-output", "out"]
-    assert (first.files, second.files) == ((DUPLICATES_MAPPER, DUPLICATES_REDUCER), (DUPLICATES_GROUPS,))
+    assert (first.files, second.files) == ((DUPLICATES_MAPPER, DUPLICATES_REDUCER, STREAMING_COMMON),
+                                           (DUPLICATES_GROUPS, STREAMING_COMMON))
 
 
 # hadoop ------------------------------------------------------------------------------------------
@@ -184,29 +188,32 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 def run_streaming_step(args: list[str], work: Path) -> None:
-    """What `hadoop-streaming ARGS` does with a step's arguments, by hand: fetch -files from S3,
-    map the -input (an object, or every part file of a folder), partition the map output by
+    """What `hadoop-streaming ARGS` does with a step's arguments, by hand: fetch -files from S3
+    (each into a folder of its own, linked from the task's working directory, in the -cmdenv
+    environment: so a script finds streaming_common.py only as a node would), map the -input (an object, or every part file of a folder), partition the map output by
     its key over -numReduceTasks, sort each partition, reduce, write part-* and _SUCCESS."""
     s3 = boto3.client("s3", region_name=REGION)
     assert args[0] == "hadoop-streaming"
-    options, conf = {}, {}
+    options, conf, task_env = {}, {}, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     rest = args[1:]
     for flag, value in zip(rest[::2], rest[1::2]):
-        if flag == "-D":
+        if flag in ("-D", "-cmdenv"):
             name, _, setting = value.partition("=")
-            conf[name] = setting
+            (conf if flag == "-D" else task_env)[name] = setting
         else:
             options[flag] = value
-    scripts = {}
+    task = Path(tempfile.mkdtemp(prefix="task-", dir=work))
+    scripts = set()
     for uri in options["-files"].split(","):
         bucket, key = split_uri(uri)
-        path = work / Path(key).name
-        s3.download_file(bucket, key, str(path))
-        scripts[path.name] = path
+        localized = Path(tempfile.mkdtemp(prefix="filecache-", dir=work)) / Path(key).name
+        s3.download_file(bucket, key, str(localized))
+        (task / localized.name).symlink_to(localized)
+        scripts.add(localized.name)
 
     def command(text: str) -> list[str]:
         words = shlex.split(text)
-        return [sys.executable, str(scripts[words[0]]), *words[1:]] if words[0] in scripts else words
+        return [sys.executable, *words] if words[0] in scripts else words
 
     bucket, key = split_uri(options["-input"])
     if key.endswith("/"):
@@ -215,7 +222,8 @@ def run_streaming_step(args: list[str], work: Path) -> None:
     else:
         names = [key]
     data = b"".join(s3.get_object(Bucket=bucket, Key=name)["Body"].read() for name in names)
-    mapped = subprocess.run(command(options["-mapper"]), input=data, capture_output=True, check=True).stdout
+    mapped = subprocess.run(command(options["-mapper"]), input=data, capture_output=True, check=True, cwd=task,
+                            env=task_env).stdout
     reducers = int(options["-numReduceTasks"])
     key_fields = int(conf.get("stream.num.map.output.key.fields", "1"))
     partitions: list[list[bytes]] = [[] for _ in range(reducers)]
@@ -225,7 +233,7 @@ def run_streaming_step(args: list[str], work: Path) -> None:
     out_bucket, out_key = split_uri(options["-output"])
     for index, lines in enumerate(partitions):
         reduced = subprocess.run(command(options["-reducer"]), input=b"".join(sorted(lines)), capture_output=True,
-                                 check=True).stdout
+                                 check=True, cwd=task, env=task_env).stdout
         s3.put_object(Bucket=out_bucket, Key=f"{out_key}part-{index:05d}", Body=reduced)
     s3.put_object(Bucket=out_bucket, Key=f"{out_key}_SUCCESS", Body=b"")
 
@@ -254,18 +262,18 @@ def test_emr_runs_the_stages_as_two_steps_in_turn(aws, tmp_path):
     result = emr.run_emr(spec, aws, options, sleep=play_cluster(cluster_id, tmp_path, seen))
 
     s3 = boto3.client("s3", region_name=REGION)
-    for script in (DUPLICATES_MAPPER, DUPLICATES_REDUCER, DUPLICATES_GROUPS):
+    for script in (DUPLICATES_MAPPER, DUPLICATES_REDUCER, DUPLICATES_GROUPS, STREAMING_COMMON):  # each once
         assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}code/{script.name}")["Body"].read() == script.read_bytes()
     base = f"s3://{BUCKET}/{PREFIX}"
     first, second = cluster_steps(cluster_id)
     stages = duplicate_stages(spec)
     assert first.args == emr.stage_step_definition(
         stages[0], number=1, of=2, input_uri=f"{base}input/input.csv", output_uri=f"{base}stage-candidates/",
-        file_uris=[f"{base}code/duplicates_mapper.py", f"{base}code/duplicates_reducer.py"],
-        reducers=2)["HadoopJarStep"]["Args"]
+        file_uris=[f"{base}code/duplicates_mapper.py", f"{base}code/duplicates_reducer.py",
+                   f"{base}code/streaming_common.py"], reducers=2)["HadoopJarStep"]["Args"]
     assert second.args == emr.stage_step_definition(
         stages[1], number=2, of=2, input_uri=f"{base}stage-candidates/", output_uri=f"{base}output/",
-        file_uris=[f"{base}code/duplicates_groups.py"], reducers=2)["HadoopJarStep"]["Args"]
+        file_uris=[f"{base}code/duplicates_groups.py", f"{base}code/streaming_common.py"], reducers=2)["HadoopJarStep"]["Args"]
     assert second.args[second.args.index("-numReduceTasks") + 1] == "1"
     assert (first.name, second.name) == ("imgpipe duplicates, stage 1 of 2: candidates",
                                          "imgpipe duplicates, stage 2 of 2: groups")

@@ -19,7 +19,7 @@ from moto.emr.models import Step, emr_backends
 from imgpipe.settings import Settings
 from mapreduce import run_job
 from mapreduce.runners import emr
-from mapreduce.runners.common import MAPPER, REDUCER, JobFailed, JobSpec
+from mapreduce.runners.common import SUMMARY_FILES, JobFailed, JobSpec
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "mapreduce"
 INPUT = GOLDEN / "input.csv"
@@ -73,7 +73,8 @@ def golden_parts() -> dict[str, str]:
 
 def test_the_step_is_a_streaming_step_with_the_users_arguments():
     step = emr.step_definition(input_uri="s3://b/p/input/x.csv", output_uri="s3://b/p/output/",
-                               mapper_uri="s3://b/p/code/mapper.py", reducer_uri="s3://b/p/code/reducer.py",
+                               file_uris=["s3://b/p/code/mapper.py", "s3://b/p/code/reducer.py",
+                                          "s3://b/p/code/streaming_common.py"],
                                reducers=2, identity=False)
     assert step == {
         "Name": "imgpipe image metadata summaries",
@@ -81,15 +82,16 @@ def test_the_step_is_a_streaming_step_with_the_users_arguments():
         "HadoopJarStep": {"Jar": "command-runner.jar", "Args": [
             "hadoop-streaming",
             "-D", "stream.num.map.output.key.fields=2", "-D", "stream.num.reduce.output.key.fields=2",
-            "-files", "s3://b/p/code/mapper.py,s3://b/p/code/reducer.py",
+            "-files", "s3://b/p/code/mapper.py,s3://b/p/code/reducer.py,s3://b/p/code/streaming_common.py",
+            "-cmdenv", "PYTHONPATH=.",
             "-mapper", "mapper.py", "-combiner", "reducer.py --combiner", "-reducer", "reducer.py",
             "-numReduceTasks", "2", "-input", "s3://b/p/input/x.csv", "-output", "s3://b/p/output/"]},
     }
-    identity = emr.step_definition(input_uri="s3://b/in.csv", output_uri="s3://b/out/", mapper_uri="unused",
-                                   reducer_uri="unused", reducers=1, identity=True)
+    identity = emr.step_definition(input_uri="s3://b/in.csv", output_uri="s3://b/out/", file_uris=[],
+                                   reducers=1, identity=True)
     args = identity["HadoopJarStep"]["Args"]
     assert args[args.index("-mapper") + 1] == "/bin/cat" and args[args.index("-reducer") + 1] == "/bin/cat"
-    assert "-files" not in args and "-combiner" not in args
+    assert "-files" not in args and "-combiner" not in args and "-cmdenv" not in args
 
 
 def test_a_job_on_a_running_cluster_uploads_adds_the_step_waits_and_merges(aws, tmp_path):
@@ -102,15 +104,16 @@ def test_a_job_on_a_running_cluster_uploads_adds_the_step_waits_and_merges(aws, 
     def body(key):
         return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert body(f"{PREFIX}input/input.csv") == INPUT.read_bytes()
-    assert body(f"{PREFIX}code/mapper.py") == MAPPER.read_bytes()
-    assert body(f"{PREFIX}code/reducer.py") == REDUCER.read_bytes()
+    for script in SUMMARY_FILES:  # mapper.py, reducer.py and the streaming_common.py they import
+        assert body(f"{PREFIX}code/{script.name}") == script.read_bytes()
 
     step = moto_step(cluster_id)
     assert step.jar == "command-runner.jar"
     assert step.args == emr.step_definition(
         input_uri=f"s3://{BUCKET}/{PREFIX}input/input.csv", output_uri=f"s3://{BUCKET}/{PREFIX}output/",
-        mapper_uri=f"s3://{BUCKET}/{PREFIX}code/mapper.py", reducer_uri=f"s3://{BUCKET}/{PREFIX}code/reducer.py",
+        file_uris=[f"s3://{BUCKET}/{PREFIX}code/{script.name}" for script in SUMMARY_FILES],
         reducers=2, identity=False)["HadoopJarStep"]["Args"]
+    assert step.args[step.args.index("-cmdenv") + 1] == "PYTHONPATH=."
     assert step.action_on_failure == "CONTINUE"
 
     assert sorted(p.name for p in result.parts) == ["part-00000", "part-00001"]

@@ -100,9 +100,9 @@ def test_a_failing_mapper_fails_the_job_with_its_reason(tmp_path, monkeypatch, c
 
 def test_streaming_arguments_are_what_a_user_types():
     assert streaming_args(input_uri="in.csv", output_uri="out", reducers=2, identity=False,
-                          files=["/x/mapper.py", "/x/reducer.py"]) == [
+                          files=["/x/mapper.py", "/x/reducer.py", "/x/streaming_common.py"]) == [
         "-D", "stream.num.map.output.key.fields=2", "-D", "stream.num.reduce.output.key.fields=2",
-        "-files", "/x/mapper.py,/x/reducer.py",
+        "-files", "/x/mapper.py,/x/reducer.py,/x/streaming_common.py", "-cmdenv", "PYTHONPATH=.",
         "-mapper", "mapper.py", "-combiner", "reducer.py --combiner", "-reducer", "reducer.py",
         "-numReduceTasks", "2", "-input", "in.csv", "-output", "out"]
 

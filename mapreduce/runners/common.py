@@ -14,6 +14,12 @@ REDUCER = MAPREDUCE_DIR / "reducer.py"
 DUPLICATES_MAPPER = MAPREDUCE_DIR / "duplicates_mapper.py"
 DUPLICATES_REDUCER = MAPREDUCE_DIR / "duplicates_reducer.py"
 DUPLICATES_GROUPS = MAPREDUCE_DIR / "duplicates_groups.py"
+# The scripts' shared helpers (stdlib only): shipped with every stage's scripts, importable there
+# through TASK_ENV (streaming_common.py's docstring says why the script's own folder will not do).
+STREAMING_COMMON = MAPREDUCE_DIR / "streaming_common.py"
+SUMMARY_FILES = (MAPPER, REDUCER, STREAMING_COMMON)
+# The environment of every streaming task: its working directory holds a link to each -files entry.
+TASK_ENV = {"PYTHONPATH": "."}
 JOBS = ("summary", "duplicates")
 # All part files merged and sorted: one file for readers that do not want to glob. Not named
 # part-* so that a reader globbing part-* does not count the groups twice.
@@ -74,11 +80,11 @@ def duplicate_stages(spec: JobSpec) -> list[Stage]:
     threshold = str(DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold)
     max_bucket = str(DEFAULT_MAX_BUCKET if spec.max_bucket is None else spec.max_bucket)
     return [
-        Stage("candidates", (DUPLICATES_MAPPER, DUPLICATES_REDUCER),
+        Stage("candidates", (DUPLICATES_MAPPER, DUPLICATES_REDUCER, STREAMING_COMMON),
               (DUPLICATES_MAPPER.name, "--threshold", threshold),
               (DUPLICATES_REDUCER.name, "--threshold", threshold, "--max-bucket", max_bucket),
               conf={"stream.num.map.output.key.fields": "2"}),
-        Stage("groups", (DUPLICATES_GROUPS,), ("/bin/cat",), (DUPLICATES_GROUPS.name,), reducers=1),
+        Stage("groups", (DUPLICATES_GROUPS, STREAMING_COMMON), ("/bin/cat",), (DUPLICATES_GROUPS.name,), reducers=1),
     ]
 
 
@@ -95,18 +101,28 @@ class JobResult:
     framework_counters: dict[str, int] = field(default_factory=dict)  # Hadoop's, where known
 
 
+def _files_args(files: list[str]) -> list[str]:
+    """-files (a generic option: before any streaming option, or Hadoop ignores it) and the
+    -cmdenv that makes every one of them importable by the scripts."""
+    args = ["-files", ",".join(files)]
+    for name, value in TASK_ENV.items():
+        args += ["-cmdenv", f"{name}={value}"]
+    return args
+
+
 def streaming_args(*, input_uri: str, output_uri: str, reducers: int, identity: bool,
                    files: list[str], conf: dict[str, str] | None = None) -> list[str]:
     """The arguments after `hadoop jar hadoop-streaming.jar`, the same for local Hadoop and EMR.
-    Generic options (-D, -files) come first: Hadoop ignores them after streaming options."""
+    Generic options (-D, -files) come first: Hadoop ignores them after streaming options.
+    `files`: where SUMMARY_FILES are (paths or s3://), in that order."""
     args: list[str] = []
     for name, value in {**JOB_CONF, **(conf or {})}.items():
         args += ["-D", f"{name}={value}"]
     if identity:
         args += ["-mapper", "/bin/cat", "-reducer", "/bin/cat"]
     else:
-        args = args + ["-files", ",".join(files)] + [
-            "-mapper", "mapper.py", "-combiner", "reducer.py --combiner", "-reducer", "reducer.py"]
+        args = args + _files_args(files) + [
+            "-mapper", MAPPER.name, "-combiner", f"{REDUCER.name} --combiner", "-reducer", REDUCER.name]
     return args + ["-numReduceTasks", str(reducers), "-input", input_uri, "-output", output_uri]
 
 
@@ -116,7 +132,7 @@ def stage_streaming_args(stage: Stage, *, input_uri: str, output_uri: str, reduc
     args: list[str] = []
     for name, value in {**stage.conf, **(conf or {})}.items():
         args += ["-D", f"{name}={value}"]
-    args += ["-files", ",".join(files), "-mapper", " ".join(stage.mapper), "-reducer", " ".join(stage.reducer)]
+    args += _files_args(files) + ["-mapper", " ".join(stage.mapper), "-reducer", " ".join(stage.reducer)]
     return args + ["-numReduceTasks", str(stage.reducers or reducers), "-input", input_uri, "-output", output_uri]
 
 

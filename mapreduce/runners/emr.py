@@ -2,8 +2,8 @@
 wait for it, download the part files. Optionally create a small cluster and terminate it after.
 
 S3 layout of one run (under s3://<S3_BUCKET>/<prefix>, by default emr/runs/<time>-<id>/):
-`input/<csv>`, `code/mapper.py`, `code/reducer.py`, `output/part-*`, and `logs/` for a cluster
-this runner creates.
+`input/<csv>`, `code/mapper.py`, `code/reducer.py`, `code/streaming_common.py`, `output/part-*`,
+and `logs/` for a cluster this runner creates.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Callable
 from imgpipe import aws, cli, s3
 from imgpipe.errors import UserError
 from imgpipe.settings import Settings
-from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, Stage, count_data_rows,
+from mapreduce.runners.common import (SUMMARY_FILES, JobFailed, JobResult, JobSpec, Stage, count_data_rows,
                                       duplicate_stages, merge_parts, prepare_output_dir, stage_streaming_args,
                                       streaming_args)
 
@@ -65,12 +65,13 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def step_definition(*, input_uri: str, output_uri: str, mapper_uri: str, reducer_uri: str,
-                    reducers: int, identity: bool) -> dict:
+def step_definition(*, input_uri: str, output_uri: str, file_uris: list[str], reducers: int,
+                    identity: bool) -> dict:
     """The streaming step, as `aws emr add-steps` takes it: command-runner.jar runs
-    `hadoop-streaming` with the arguments a user would type on the master node."""
+    `hadoop-streaming` with the arguments a user would type on the master node. `file_uris`:
+    where SUMMARY_FILES were uploaded, in that order."""
     args = streaming_args(input_uri=input_uri, output_uri=output_uri, reducers=reducers,
-                          identity=identity, files=[mapper_uri, reducer_uri])
+                          identity=identity, files=file_uris)
     return {
         "Name": "imgpipe identity check" if identity else "imgpipe image metadata summaries",
         # A failed job must not take down a cluster the user handed us.
@@ -179,7 +180,7 @@ def check_cluster(emr, cluster_id: str) -> None:
 
 
 def upload_job_files(s3_client, bucket: str, prefix: str, source: str, identity: bool,
-                     scripts: tuple[Path, ...] = (MAPPER, REDUCER)) -> tuple[str, ...]:
+                     scripts: tuple[Path, ...] = SUMMARY_FILES) -> tuple[str, ...]:
     """Put the CSV (unless it is on S3 already) and the scripts under the run prefix; returns
     the input's URI and each script's."""
     uploads = []
@@ -262,7 +263,8 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
             check_cluster(emr, cluster_id)
         chain = spec.job == "duplicates" and not spec.identity
         stages = duplicate_stages(spec) if chain else []
-        scripts = tuple(path for stage in stages for path in stage.files) if chain else (MAPPER, REDUCER)
+        # Each file once, though stages share streaming_common.py.
+        scripts = tuple(dict.fromkeys(path for stage in stages for path in stage.files)) if chain else SUMMARY_FILES
         input_uri, *script_uris = upload_job_files(s3_client, bucket, prefix, spec.input, spec.identity, scripts)
         log.info("uploaded the job to s3://%s/%s", bucket, prefix)
         if options.create_cluster:
@@ -289,10 +291,8 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
                 _run_step(emr, cluster_id, step, options, created, sleep)
                 stage_input = stage_output
         else:
-            mapper_uri, reducer_uri = script_uris
             step = step_definition(input_uri=input_uri, output_uri=f"s3://{bucket}/{output_prefix}",
-                                   mapper_uri=mapper_uri, reducer_uri=reducer_uri, reducers=spec.reducers,
-                                   identity=spec.identity)
+                                   file_uris=script_uris, reducers=spec.reducers, identity=spec.identity)
             _run_step(emr, cluster_id, step, options, created, sleep)
         parts = download_parts(s3_client, bucket, output_prefix, spec.output_dir)
     except aws.AwsError as exc:

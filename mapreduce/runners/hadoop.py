@@ -13,7 +13,7 @@ from pathlib import Path
 from imgpipe import jvm
 from imgpipe.errors import UserError
 from imgpipe.settings import Settings
-from mapreduce.runners.common import (MAPPER, MAPREDUCE_DIR, REDUCER, JobFailed, JobResult, JobSpec,
+from mapreduce.runners.common import (MAPREDUCE_DIR, SUMMARY_FILES, JobFailed, JobResult, JobSpec,
                                       count_data_rows, duplicate_stages, merge_parts, part_files,
                                       prepare_output_dir, stage_streaming_args, streaming_args)
 
@@ -139,7 +139,7 @@ def run_hadoop(spec: JobSpec, settings: Settings, split_size: int | None = None,
         tmp = Path(tmp_name)
         args = streaming_args(
             input_uri=str(source.resolve()), output_uri=str(output), reducers=spec.reducers,
-            identity=spec.identity, files=[str(MAPPER), str(REDUCER)],
+            identity=spec.identity, files=[str(path) for path in SUMMARY_FILES],
             conf=local_conf(tmp, spec.reducers, split_size))
         code, lines, seconds = _streaming(java, libs, args, tmp, on_progress)
     if code != 0 or not (output / "_SUCCESS").exists():

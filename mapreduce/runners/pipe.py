@@ -3,10 +3,13 @@
 A big input is cut into line-aligned byte ranges, one mapper process each (as Hadoop cuts
 splits), so the mappers use every core; their outputs are sorted together and reduced once.
 A chained job (duplicates) runs one such pipeline per stage, each reading the last one's output.
+Each stage's scripts run as on a cluster node: from a task folder holding its -files and nothing
+else, with the streaming tasks' environment (TASK_ENV), so a file missing from a stage fails here too.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,8 +18,9 @@ import time
 from pathlib import Path
 
 from imgpipe.errors import UserError
-from mapreduce.runners.common import (MAPPER, REDUCER, JobFailed, JobResult, JobSpec, Stage, count_data_rows,
-                                      counters_from_stderr, duplicate_stages, merge_parts, prepare_output_dir)
+from mapreduce.runners.common import (MAPPER, REDUCER, SUMMARY_FILES, TASK_ENV, JobFailed, JobResult, JobSpec, Stage,
+                                      count_data_rows, counters_from_stderr, duplicate_stages, merge_parts,
+                                      prepare_output_dir)
 
 SPLIT_BYTES = 64 * 1024 * 1024  # input per mapper before another one is worth starting
 
@@ -70,11 +74,21 @@ def _feed(source_fd: int, offset: int, length: int, pipe) -> None:
 
 
 def commands(identity: bool, python: str = sys.executable) -> tuple[list[str], list[str]]:
-    """(mapper, reducer) argv. The reducer is not run again as a combiner here: each mapper
-    already sums its whole range, which is all a combiner would do."""
+    """(mapper, reducer) argv, run in the task folder of SUMMARY_FILES. The reducer is not run
+    again as a combiner here: each mapper already sums its whole range, which is all a combiner
+    would do."""
     if identity:
         return ["cat"], ["cat"]
-    return [python, str(MAPPER)], [python, str(REDUCER)]
+    return [python, MAPPER.name], [python, REDUCER.name]
+
+
+def task_folder(files: tuple[Path, ...], tmp: Path, label: str = "") -> Path:
+    """A folder holding a copy of each of a stage's -files, as a task's working directory does."""
+    folder = tmp / f"{label}task"
+    folder.mkdir()
+    for path in files:
+        shutil.copy2(path, folder / path.name)
+    return folder
 
 
 def _read(path: Path) -> str:
@@ -82,28 +96,31 @@ def _read(path: Path) -> str:
 
 
 def stage_commands(stage: Stage, python: str = sys.executable) -> tuple[list[str], list[str]]:
-    """(mapper, reducer) argv of one stage of a chain: its scripts run by this Python."""
-    scripts = {path.name: path for path in stage.files}
+    """(mapper, reducer) argv of one stage of a chain, run in its task folder: its scripts run by this Python."""
+    scripts = {path.name for path in stage.files}
 
     def argv(words: tuple[str, ...]) -> list[str]:
         if words[0] in scripts:
-            return [python, str(scripts[words[0]]), *words[1:]]
+            return [python, *words]
         return ["cat"] if words == ("/bin/cat",) else list(words)
 
     return argv(stage.mapper), argv(stage.reducer)
 
 
 def _map_sort_reduce(source: Path, ranges: list[tuple[int, int]], mapper_cmd: list[str], reducer_cmd: list[str],
-                     output: Path, tmp: Path, label: str = "") -> dict[str, int]:
+                     output: Path, tmp: Path, label: str = "", task: Path | None = None) -> dict[str, int]:
     """One mapper per byte range of `source`, their outputs sorted together into one reducer
-    writing `output`; returns the counters, raises JobFailed with the first failing stage."""
+    writing `output`, both run in `task` (a task_folder); returns the counters, raises JobFailed
+    with the first failing stage."""
+    task_env = {**os.environ, **TASK_ENV}
     outputs = [tmp / f"{label}map-{i:05d}.out" for i in range(len(ranges))]
     errors = [tmp / f"{label}map-{i:05d}.err" for i in range(len(ranges))]
     procs, feeders = [], []
     with open(source, "rb") as src:
         for (offset, length), out_path, err_path in zip(ranges, outputs, errors):
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                proc = subprocess.Popen(mapper_cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+                proc = subprocess.Popen(mapper_cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=task,
+                                        env=task_env)
             procs.append(proc)
             feeder = threading.Thread(target=_feed, args=(src.fileno(), offset, length, proc.stdin), daemon=True)
             feeder.start()
@@ -122,7 +139,8 @@ def _map_sort_reduce(source: Path, ranges: list[tuple[int, int]], mapper_cmd: li
                 open(reduce_err_path, "wb") as reduce_err:
             sorter = subprocess.Popen(["sort", *map(str, outputs)], stdout=subprocess.PIPE, stderr=sort_err,
                                       env=sort_env)
-            reducer = subprocess.Popen(reducer_cmd, stdin=sorter.stdout, stdout=out, stderr=reduce_err)
+            reducer = subprocess.Popen(reducer_cmd, stdin=sorter.stdout, stdout=out, stderr=reduce_err, cwd=task,
+                                       env=task_env)
             sorter.stdout.close()  # so sort sees SIGPIPE if the reducer dies
             reduce_code = reducer.wait()
             sort_code = sorter.wait()
@@ -164,13 +182,14 @@ def run_pipe(spec: JobSpec, mappers: int | None = None) -> JobResult:
                 stage_output = part if index == len(stages) - 1 else tmp / f"{stage.name}.out"
                 mapper_cmd, reducer_cmd = stage_commands(stage)
                 found = _map_sort_reduce(stage_input, stage_ranges, mapper_cmd, reducer_cmd, stage_output, tmp,
-                                         label=f"{stage.name}-")
+                                         label=f"{stage.name}-", task=task_folder(stage.files, tmp, f"{stage.name}-"))
                 for key, value in found.items():
                     counters[key] = counters.get(key, 0) + value
                 stage_input, stage_ranges = stage_output, [(0, stage_output.stat().st_size)]
         else:
             mapper_cmd, reducer_cmd = commands(spec.identity)
-            counters = _map_sort_reduce(source, ranges, mapper_cmd, reducer_cmd, part, tmp)
+            counters = _map_sort_reduce(source, ranges, mapper_cmd, reducer_cmd, part, tmp,
+                                        task=task_folder(SUMMARY_FILES, tmp))
     seconds = time.monotonic() - started
     (spec.output_dir / "_SUCCESS").touch()
     merged, groups = merge_parts(spec.output_dir, spec.merged_name)
