@@ -86,6 +86,7 @@ def map_record(fields, band_list, positions=None):
 def map_lines(lines, threshold, counters):
     """CSV lines -> output lines, counting header, good, malformed and hash-less rows."""
     band_list = bands(threshold)
+    parse_csv_line, is_header = common.parse_csv_line, common.is_header  # local names: once per row
     positions = DEFAULT_POSITIONS
     rows = no_phash = no_sha = 0
     for line in lines:
@@ -93,8 +94,8 @@ def map_lines(lines, threshold, counters):
             common.count(counters, "blank_lines")
             continue
         try:
-            fields = common.parse_csv_line(line)
-            if common.is_header(fields, REQUIRED_COLUMNS):
+            fields = parse_csv_line(line)
+            if is_header(fields, REQUIRED_COLUMNS):
                 # A header names the columns for the rows after it.
                 positions = common.column_positions(fields, REQUIRED_COLUMNS)
                 common.count(counters, "header_rows")

@@ -155,6 +155,7 @@ def map_lines(lines, counters):
     # Sums are held per combination of the five values rather than per dimension: one dict
     # update per row instead of five, and the split into dimensions happens once at the end.
     held = {}
+    parse_csv_line, is_header = common.parse_csv_line, common.is_header  # local names: once per row
     positions = DEFAULT_POSITIONS
     rows = 0
     for line in lines:
@@ -162,8 +163,8 @@ def map_lines(lines, counters):
             common.count(counters, "blank_lines")
             continue
         try:
-            fields = common.parse_csv_line(line)
-            if common.is_header(fields, REQUIRED_COLUMNS):
+            fields = parse_csv_line(line)
+            if is_header(fields, REQUIRED_COLUMNS):
                 # A header names the columns for the rows after it (a concatenation of two
                 # exports may carry two headers).
                 positions = common.column_positions(fields, REQUIRED_COLUMNS)
