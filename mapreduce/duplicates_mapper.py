@@ -86,24 +86,8 @@ def map_record(fields, band_list, positions=None):
 def map_lines(lines, threshold, counters):
     """CSV lines -> output lines, counting header, good, malformed and hash-less rows."""
     band_list = bands(threshold)
-    parse_csv_line, is_header = common.parse_csv_line, common.is_header  # local names: once per row
-    positions = DEFAULT_POSITIONS
     rows = no_phash = no_sha = 0
-    for line in lines:
-        if not line.strip():
-            common.count(counters, "blank_lines")
-            continue
-        try:
-            fields = parse_csv_line(line)
-            if is_header(fields, REQUIRED_COLUMNS):
-                # A header names the columns for the rows after it.
-                positions = common.column_positions(fields, REQUIRED_COLUMNS)
-                common.count(counters, "header_rows")
-                continue
-            doc_id, phash, sha = row_values(fields, positions)
-        except MalformedRow as bad:
-            common.count_malformed(counters, bad)
-            continue
+    for doc_id, phash, sha in common.read_rows(lines, REQUIRED_COLUMNS, row_values, counters):
         rows += 1
         no_phash += phash is None
         no_sha += sha is None

@@ -155,25 +155,8 @@ def map_lines(lines, counters):
     # Sums are held per combination of the five values rather than per dimension: one dict
     # update per row instead of five, and the split into dimensions happens once at the end.
     held = {}
-    parse_csv_line, is_header = common.parse_csv_line, common.is_header  # local names: once per row
-    positions = DEFAULT_POSITIONS
     rows = 0
-    for line in lines:
-        if not line.strip():
-            common.count(counters, "blank_lines")
-            continue
-        try:
-            fields = parse_csv_line(line)
-            if is_header(fields, REQUIRED_COLUMNS):
-                # A header names the columns for the rows after it (a concatenation of two
-                # exports may carry two headers).
-                positions = common.column_positions(fields, REQUIRED_COLUMNS)
-                common.count(counters, "header_rows")
-                continue
-            values, size = group_values(fields, positions)
-        except MalformedRow as bad:
-            common.count_malformed(counters, bad)
-            continue
+    for values, size in common.read_rows(lines, REQUIRED_COLUMNS, group_values, counters):
         rows += 1
         seen = held.get(values)
         if seen is None:

@@ -86,6 +86,30 @@ def column_positions(columns, required):
     return {name: columns.index(name) for name in required}, len(columns)
 
 
+def read_rows(lines, required, read_row, counters):
+    """What `read_row(fields, positions)` makes of each data row of CSV lines, in order. Blank
+    lines and headers are counted and passed over: a header names the columns for the rows after
+    it (by default EXPORT_COLUMNS; a concatenation of two exports may carry two headers). A row
+    the CSV reader or `read_row` refuses (MalformedRow) is counted under its reason."""
+    parse, header = parse_csv_line, is_header  # local names: looked up once, not once per row
+    positions = column_positions(EXPORT_COLUMNS, required)
+    for line in lines:
+        if not line.strip():
+            count(counters, "blank_lines")
+            continue
+        try:
+            fields = parse(line)
+            if header(fields, required):
+                positions = column_positions(fields, required)
+                count(counters, "header_rows")
+                continue
+            row = read_row(fields, positions)
+        except MalformedRow as bad:
+            count_malformed(counters, bad)
+            continue
+        yield row
+
+
 def count(counters, name, n=1):
     counters[name] = counters.get(name, 0) + n
 
