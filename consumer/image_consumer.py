@@ -9,8 +9,10 @@ the same KAFKA_CONSUMER_GROUP to share the topic's partitions.
 Settings come from the environment and .env: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
 KAFKA_DEAD_LETTER_TOPIC, KAFKA_CONSUMER_GROUP, S3_*, MEILI_*, CONSUMER_*, MAX_*, THUMBNAIL_SIZE,
 FACE_DETECTION, and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
-No message or object can stop it: each ends indexed, dead-lettered with a reason, or retried. SIGTERM or Ctrl-C finishes the batch in flight and commits; a second one exits
-at once.
+No message or object can stop it: each ends indexed, dead-lettered with a reason, or retried.
+SIGTERM or Ctrl-C stops polling, finishes the messages already polled (each indexed or
+dead-lettered) and commits them; a second one exits at once, and what was in flight is
+delivered again.
 
 Exit status: 0 stopped cleanly, 1 a service failed at start-up, 2 usage or settings error (also a
 MeiliSearch index keyed by another field, an invalid index name, a refused key, a missing bucket),
@@ -67,9 +69,9 @@ def build_parser():
 def install_signal_handlers(stop) -> None:
     def handle(signum, _frame):
         if stop.is_set():
-            print("second signal: exiting now (the batch in flight is not committed)", file=sys.stderr)
+            print("second signal: exiting now (the messages in flight are not committed)", file=sys.stderr)
             os._exit(cli.EXIT_INTERRUPTED)
-        print(f"{signal.Signals(signum).name}: finishing the batch in flight, then stopping", file=sys.stderr)
+        print(f"{signal.Signals(signum).name}: finishing the messages already polled, then stopping", file=sys.stderr)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)
