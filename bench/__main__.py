@@ -69,13 +69,10 @@ def config_from(args):
     from bench.run import FULL, QUICK
 
     config = QUICK if args.quick else FULL
+    cli.check_ranges(args, {"photos": (1, None), "mapreduce_rows": (1, None)})
     if args.photos is not None:
-        if args.photos < 1:
-            raise UserError("--photos must be at least 1")
         config = replace(config, corpus=replace(config.corpus, photos=args.photos))
     if args.mapreduce_rows is not None:
-        if args.mapreduce_rows < 1:
-            raise UserError("--mapreduce-rows must be at least 1")
         config = replace(config, mapreduce_rows=args.mapreduce_rows)
     if args.visualize_documents is not None:
         try:

@@ -98,8 +98,7 @@ def redrive(args) -> int:
     settings = load_settings()
     filters = Filters(tuple(args.stage), _time("--since", args.since), _time("--until", args.until),
                       args.reason_contains)
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
+    cli.check_ranges(args, {"limit": (1, None)})
     target = args.topic or settings.kafka_topic
     if target == settings.kafka_dead_letter_topic:
         raise UserError("--topic must not be the dead-letter topic itself")

@@ -102,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from demo.run import StepFailed, default_runner, run_demo
-        from imgpipe.errors import UserError
         from stack.lifecycle import ensure_running
         from stack.services import StackError
 
-        if args.count < 1:
-            raise UserError("--count must be at least 1")
+        cli.check_ranges(args, {"count": (1, None)})
         runner = default_runner() if args.runner == "auto" else args.runner
         print("==> starting the local stack (first run installs it)", file=sys.stderr, flush=True)
         try:

@@ -496,10 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.out is None and not args.upload:
             raise UserError("nothing to do: give --out DIR, --upload, or both")
-        if args.count < 1:
-            raise UserError(f"--count must be at least 1, got {args.count}")
-        if args.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {args.seed}")
+        cli.check_ranges(args, {"count": (1, None), "seed": (0, None)})
         settings = None
         if args.upload:  # read settings first: a bad .env fails before the corpus is built
             from imgpipe.settings import load_settings

@@ -5,7 +5,7 @@ import argparse
 import logging
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from imgpipe.errors import InfrastructureError, UserError
 
@@ -68,6 +68,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def parser(prog: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
     text = description.strip() + "\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples)
     return argparse.ArgumentParser(prog=prog, description=text, formatter_class=HelpFormatter)
+
+
+def check_ranges(args: argparse.Namespace, ranges: Mapping[str, tuple[int | None, int | None]]) -> None:
+    """One rule for every script's whole-number options: `ranges` maps an argparse dest to its
+    (lowest, highest), None for no bound; an option given outside its range is a UserError that
+    lists every such option (`--limit must be at least 1, got 0`). Options not given (None) pass."""
+    problems = []
+    for dest, (low, high) in ranges.items():
+        value = getattr(args, dest)
+        if value is None or ((low is None or value >= low) and (high is None or value <= high)):
+            continue
+        if high is not None and low is not None:
+            rule = f"between {low} and {high}"
+        elif high is not None:
+            rule = f"at most {high}"
+        else:
+            rule = "0 or more" if low == 0 else f"at least {low}"
+        problems.append(f"--{dest.replace('_', '-')} must be {rule}, got {value}")
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 def run(main: Callable[[], int]) -> int:

@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("invalid settings:\n  - MEILI_SEARCH_KEY (a key that may read documents) or "
                             "MEILI_ADMIN_KEY is not set; `make up` generates them for the local stack")
         settings = settings.with_options(args, {"index": "meili_index"})
-        if args.page_size < 1:
-            raise UserError("--page-size must be at least 1")
+        cli.check_ranges(args, {"page_size": (1, None)})
         if args.upload and args.s3_key is not None and args.s3_key.startswith(settings.s3_raw_prefix):
             upload(settings, args.out, args.s3_key)  # refuses it, before the export runs
         if args.out.is_dir():

@@ -121,6 +121,7 @@ def check_job_options(args) -> None:
         raise UserError(f"--threshold takes 0 to {MAX_THRESHOLD} bits, not {args.threshold}")
     if args.max_bucket is not None and args.max_bucket < 0:
         raise UserError("--max-bucket takes a number of pHashes, 0 for no limit")
+    cli.check_ranges(args, {"reducers": (1, None), "mappers": (1, None)})
 
 
 def run(args) -> JobResult:

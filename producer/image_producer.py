@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         settings = load_settings().with_options(args, {"topic": "kafka_topic", "metrics_port": "metrics_port"})
-        if args.limit is not None and args.limit < 1:
-            raise UserError("--limit must be at least 1")
+        cli.check_ranges(args, {"limit": (1, None)})
         if args.rate is not None and args.rate <= 0:
             raise UserError("--rate must be a positive number of events per second")
         if args.watch is not None and args.watch <= 0:

@@ -199,7 +199,7 @@ def test_the_run_deletes_its_topics_indexes_and_objects(quick, stack):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--photos", "0"], "error: --photos must be at least 1"),
+    (["--photos", "0"], "error: --photos must be at least 1, got 0"),
     (["--profile"], "error: --profile writes its reports next to the logs: give --keep-logs DIR too"),
 ])
 def test_a_user_mistake_is_one_line_and_exit_2(args, message):

@@ -547,7 +547,6 @@ def test_both_stages_run_as_shell_pipes_under_python37():
     assert result.stdout == golden_groups()
     assert "reporter:counter:imgpipe,malformed_rows,6" in result.stderr.splitlines()
     # The 3.7 fallback of the distance count gives the same pairs as int.bit_count.
-    probe = subprocess.run([python, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import duplicates_reducer as r; "
-                            "print(r.close_pairs([0, 1, 3, 255, 2**64 - 1], 2))", str(reducer_py.parent)],
-                           capture_output=True, text=True)
+    probe = subprocess.run([python, "-c", "import duplicates_reducer as r; print(r.close_pairs([0, 1, 3, 255, 2**64 - 1], 2))"],
+                           cwd=reducer_py.parent, capture_output=True, text=True)  # -c: the cwd comes first on sys.path
     assert probe.stdout.strip() == str(reducer.close_pairs([0, 1, 3, 255, 2 ** 64 - 1], 2))

@@ -103,3 +103,18 @@ def test_no_script_folder_holds_a_module_named_like_a_package():
     packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
     for folder in {module_file(target).parent for target in SCRIPTS.values()}:
         assert not [p.name for p in folder.glob("*.py") if p.stem in packages], folder
+
+
+def test_whole_number_options_share_one_range_rule():
+    """Scripts state their options' ranges, cli.check_ranges says what is wrong (all of it at once)."""
+    import argparse
+
+    from imgpipe import cli
+    from imgpipe.errors import UserError
+
+    ranges = {"limit": (1, None), "offset": (0, None), "previews": (0, 5), "port": (None, 65535)}
+    cli.check_ranges(argparse.Namespace(limit=1, offset=0, previews=5, port=None), ranges)
+    with pytest.raises(UserError) as err:
+        cli.check_ranges(argparse.Namespace(limit=0, offset=-1, previews=6, port=70000), ranges)
+    assert str(err.value) == ("--limit must be at least 1, got 0; --offset must be 0 or more, got -1; "
+                              "--previews must be between 0 and 5, got 6; --port must be at most 65535, got 70000")

@@ -66,12 +66,7 @@ def check_args(args) -> None:
     if args.host != "localhost" and (address is None or not address.is_loopback):
         raise UserError(f"--host {args.host}: the dashboard has no login, so it listens on loopback only "
                         "(127.0.0.1 or ::1); reach it from another machine through an SSH tunnel")
-    if not 0 <= args.port <= 65535:
-        raise UserError("--port must be between 0 and 65535")
-    if not 1 <= args.dead_letters <= MAX_DEAD_LETTERS:
-        raise UserError(f"--dead-letters must be between 1 and {MAX_DEAD_LETTERS}")
-    if args.threads < 1:
-        raise UserError("--threads must be at least 1")
+    cli.check_ranges(args, {"port": (0, 65535), "dead_letters": (1, MAX_DEAD_LETTERS), "threads": (1, None)})
     for url in args.metrics_url:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -266,12 +266,7 @@ def visualize(args) -> int:
     from visualize.previews import MAX_PREVIEWS
     from visualize.tables import parse_sort
 
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    if not 0 <= args.previews <= MAX_PREVIEWS:
-        raise UserError(f"--previews must be between 0 and {MAX_PREVIEWS}")
-    if args.dead_lettered is not None and args.dead_lettered < 0:
-        raise UserError("--dead-lettered must be 0 or more")
+    cli.check_ranges(args, {"limit": (1, None), "previews": (0, MAX_PREVIEWS), "dead_lettered": (0, None)})
     parse_sort(args.sort)
     settings = load_settings()
     settings = settings.with_options(args, {"index": "meili_index"})

@@ -109,10 +109,7 @@ def summary_line(response: dict, query: str, shown: int) -> str:
 
 
 def search(args) -> int:
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    if args.offset < 0:
-        raise UserError("--offset must be 0 or more")
+    cli.check_ranges(args, {"limit": (1, None), "offset": (0, None)})
     if args.similar is not None and (args.query or args.sort):
         raise UserError("--similar ranks by likeness: it takes no query words and no --sort (--filter works)")
     settings = load_settings()

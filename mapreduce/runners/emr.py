@@ -246,8 +246,6 @@ def run_emr(spec: JobSpec, settings: Settings, options: EmrOptions, emr=None, s3
                         "(a local endpoint EMR cannot reach); run with S3_ENDPOINT_URL= (empty)")
     if bool(options.cluster_id) == bool(options.create_cluster):
         raise UserError("--runner emr needs exactly one of --cluster-id ID and --create-cluster")
-    if spec.reducers < 1:
-        raise UserError("--reducers must be at least 1")
     prepare_output_dir(spec.output_dir, spec.overwrite)
     emr = emr or emr_client(settings)
     s3_client = s3_client or s3.client(settings)

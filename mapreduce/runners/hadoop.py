@@ -127,8 +127,6 @@ def run_hadoop(spec: JobSpec, settings: Settings, split_size: int | None = None,
     source = Path(spec.input)
     if not source.is_file():
         raise UserError(f"--input {spec.input} is not a file")
-    if spec.reducers < 1:
-        raise UserError("--reducers must be at least 1")
     java = java_binary()
     libs = hadoop_libs(settings)
     prepare_output_dir(spec.output_dir, spec.overwrite)

@@ -164,8 +164,6 @@ def run_pipe(spec: JobSpec, mappers: int | None = None) -> JobResult:
         raise UserError(f"--input {spec.input} is not a file")
     if spec.reducers != 1:
         raise UserError("the pipe runner has one reducer; --reducers is for --runner hadoop or emr")
-    if mappers is not None and mappers < 1:
-        raise UserError("--mappers must be at least 1")
     prepare_output_dir(spec.output_dir, spec.overwrite)
     spec.output_dir.mkdir()
     ranges = split_ranges(source, mappers or default_mappers(source.stat().st_size))
