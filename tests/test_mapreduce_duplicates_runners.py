@@ -13,22 +13,19 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 from moto.emr.models import emr_backends
 
-from imgpipe.settings import Settings
 from mapreduce import run_job
 from mapreduce.runners import emr, pipe
 from mapreduce.runners.common import (DUPLICATES_GROUPS, DUPLICATES_MAPPER, DUPLICATES_REDUCER, STREAMING_COMMON,
                                       JobFailed, JobSpec, duplicate_stages, stage_streaming_args)
 from tests.test_mapreduce_duplicates import (GOLDEN, MALFORMED_REASONS, T, brute_force, golden_documents,
                                              golden_groups, rows_of)
+# The same moto EMR and S3 as the summary job's EMR tests (`aws` is a fixture).
+from tests.test_mapreduce_emr import ACCOUNT, BUCKET, REGION, aws, running_cluster  # noqa: F401
 
 INPUT = GOLDEN / "input.csv"
-REGION = "us-east-1"
-BUCKET = "emr-test-bucket"
 PREFIX = "emr/runs/test-dupes/"
-ACCOUNT = "123456789012"
 
 
 def parse_groups(text: str) -> list[tuple[str, list[str]]]:
@@ -160,23 +157,6 @@ def test_hadoop_runner_chains_two_streaming_jobs_to_the_golden_groups(tmp_path):
 
 
 # emr ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def aws(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_EMR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        yield Settings(s3_endpoint_url="", s3_bucket=BUCKET, aws_region=REGION)
-
-
-def running_cluster() -> str:
-    client = boto3.client("emr", region_name=REGION)
-    return client.run_job_flow(**emr.cluster_definition(
-        release_label="emr-7.12.0", instance_type="m5.xlarge", log_uri=f"s3://{BUCKET}/logs/"))["JobFlowId"]
-
 
 def cluster_steps(cluster_id: str):
     return emr_backends[ACCOUNT][REGION].clusters[cluster_id].steps
