@@ -220,8 +220,8 @@ def produce_all(settings: Settings, work: Path, step: str, expected: int, extra:
 
 
 def consumer_args(workers: int, max_idle: float, summary_path: Path) -> list[str]:
-    # Faces off, as in processing_floor, so the ratio compares the same work.
-    return ["--workers", str(workers), "--no-faces", "--max-idle-seconds", str(max_idle),
+    # The default configuration, what users run: no option changes what the consumer does.
+    return ["--workers", str(workers), "--max-idle-seconds", str(max_idle),
             "--status-interval", "3600", "--no-progress", "--summary-json", str(summary_path)]
 
 

@@ -126,18 +126,13 @@ class Bench:
         from bench import inmemory
 
         def body() -> None:
-            step("decode_floor, processing_floor, processing_floor_faces (from memory, 1 thread)")
+            step("decode_floor, processing_floor (from memory, 1 thread)")
             decode = inmemory.decode_floor(self.items, self.config.passes)
             self.add(decode)
-            plain = inmemory.processing_run(self.items, face_detection=False, passes=self.config.passes)
+            plain = inmemory.processing_run(self.items, passes=self.config.passes)
             self.add(inmemory.processing_figure("processing_floor", plain, decode, self.config.passes))
-            faces = inmemory.processing_run(self.items, face_detection=True, passes=self.config.passes)
-            self.add(inmemory.processing_figure("processing_floor_faces", faces, decode, self.config.passes))
-            step("faces at the working scale")
-            self.add(*inmemory.face_figures(self.items, faces))
 
-        self.guarded(["decode_floor", "processing_floor", "processing_floor_faces"],
-                     ["images/s"] * 3, body)
+        self.guarded(["decode_floor", "processing_floor"], ["images/s"] * 2, body)
 
     def pipelines(self) -> None:
         if not self._upload():
@@ -178,7 +173,7 @@ class Bench:
         floor = self.value("processing_floor")
         self.add(Figure(name, summary["active_images_per_second"], "images/s",
                         floor=floor * workers if floor else None, floor_name=f"processing_floor x {workers}",
-                        detail={"images": images, "workers": workers, "face_detection": False,
+                        detail={"images": images, "workers": workers, "configuration": "default",
                                 "indexed": summary["indexed"], "dead_lettered": summary["dead_lettered"],
                                 "batches": summary["batches"], "active_seconds": summary["active_seconds"],
                                 "consumer_seconds": summary["seconds"],
@@ -262,7 +257,7 @@ class Bench:
              "consumer --workers 2")
         summary = latency_run(self.settings, self.names, "latency", 2, rate, count,
                               max(self.config.max_idle_seconds, 5), self.work)
-        detail = {"rate": round(rate, 2), "events": count, "workers": 2, "face_detection": False,
+        detail = {"rate": round(rate, 2), "events": count, "workers": 2, "configuration": "default",
                   "measure": "event_time (producer) -> index task succeeded (consumer)",
                   "batch_ms": self.settings.consumer_batch_ms, "batch_size": self.settings.consumer_batch_size,
                   "batches": summary["batches"],
@@ -282,7 +277,7 @@ class Bench:
              "notification -> SQS -> producer --sqs-queue-url -> consumer --workers 2 (S3 and SQS on moto)")
         summary = upload_latency_run(self.settings, self.names, "upload-latency", 2, rate, self.items[:count],
                                      max(self.config.max_idle_seconds, 5), self.work)
-        detail = {"rate": round(rate, 2), "uploads": count, "workers": 2, "face_detection": False,
+        detail = {"rate": round(rate, 2), "uploads": count, "workers": 2, "configuration": "default",
                   "measure": "S3 eventTime of the PUT -> index task succeeded (consumer)",
                   "s3_and_sqs": "a moto server started for this figure (only moto delivers S3 notifications "
                                 "locally); its S3 is slower than the stack's versitygw",

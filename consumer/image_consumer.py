@@ -8,7 +8,7 @@ the same KAFKA_CONSUMER_GROUP to share the topic's partitions.
 
 Settings come from the environment and .env: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
 KAFKA_DEAD_LETTER_TOPIC, KAFKA_CONSUMER_GROUP, S3_*, MEILI_*, CONSUMER_*, MAX_*, THUMBNAIL_SIZE,
-FACE_DETECTION, and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
+and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
 No message or object can stop it: each ends indexed, dead-lettered with a reason, or retried. SIGTERM or Ctrl-C finishes the batch in flight and commits; a second one exits
 at once.
 
@@ -50,7 +50,6 @@ def build_parser():
     p.add_argument("--group", help="consumer group id (env KAFKA_CONSUMER_GROUP)")
     p.add_argument("--topic", help="topic to consume (env KAFKA_TOPIC)")
     p.add_argument("--index", help="MeiliSearch index (env MEILI_INDEX)")
-    p.add_argument("--no-faces", action="store_true", help="skip face detection (env FACE_DETECTION=off)")
     p.add_argument("--max-idle-seconds", type=float, metavar="S",
                    help="exit once no message has arrived for S seconds (batch runs)")
     p.add_argument("--status-interval", type=float, default=10.0, metavar="S",
@@ -89,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, option)
             if value is not None:
                 overrides[attr] = value
-        if args.no_faces:
-            overrides["face_detection"] = False
         if args.metrics_port is not None:
             if not 0 <= args.metrics_port <= 65535:
                 raise UserError("--metrics-port must be a TCP port (1-65535), or 0 for none")

@@ -18,15 +18,17 @@ area-averaged (INTER_AREA, one step) to WORKING_SIZE = 320 px on its longest sid
 of at least 640 px (the original when it is smaller; images under 320 px are used as they are);
 edge_density on that working image area-halved to EDGE_SIZE = 160 px. The working image depends
 on the image, not on how it was decoded: a 2560 px photo decoded at 1/2 and its 1280 px copy
-decoded in full agree within a few percent, so values compare across images of any size. Faces
-are searched on a FACE_SIZE copy because the Haar cascade's cost grows with the pixel count.
+decoded in full agree within a few percent, so values compare across images of any size.
+
+No detector runs here: face detection (20-50 ms of CPU per photo with a Haar cascade, against
+about 11 ms for all of the above) belongs to the enrichment stage (enricher/), which reads the
+consumer's announcements; the core stream stays decode, cheap features, derived images, index.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 import cv2
@@ -41,22 +43,12 @@ logger = logging.getLogger(__name__)
 
 WORKING_SIZE = 320  # longest side of the image the statistics are computed on
 EDGE_SIZE = 160  # longest side of the image edge density is computed on (half the working size)
-FACE_SIZE = 320  # longest side of the image faces are searched on
-# Measured on 100 LFW faces pasted into photos, the astronaut and 5 face-free photos: 320 px with
-# faces from 28 px (~9% of the long side) up finds 90-96% of faces with no false ones in ~24 ms;
-# 24 px costs 25% more for one face in a hundred, 256 px or scaleFactor 1.15 lose 5-8%, and
-# histogram equalisation lost a third of the faces and added false ones.
-FACE_MIN_SIZE = 28
-FACE_MIN_NEIGHBORS = 5
-FACE_SCALE_FACTOR = 1.1
 THUMBNAIL_QUALITY = 85
 GRAYSCALE_QUALITY = 80  # 10% cheaper to encode than 85, and it is a preview
 CANNY_THRESHOLDS = (100, 200)
-FACE_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 FEATURE_KEYS = ("format", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
-                "mean_brightness", "sharpness", "edge_density", "dominant_color", "faces", "phash",
-                "sha256")
+                "mean_brightness", "sharpness", "edge_density", "dominant_color", "phash", "sha256")
 
 _JPEG_REDUCED = {
     # (grayscale, scale denominator) -> flag. IMREAD_COLOR/GRAYSCALE and their REDUCED_* forms
@@ -79,7 +71,6 @@ class ProcessingOptions:
     thumbnail_size: int = _DEFAULTS.thumbnail_size  # longest side of the thumbnail
     max_image_pixels: int = _DEFAULTS.max_image_pixels
     max_object_bytes: int = _DEFAULTS.max_object_bytes
-    face_detection: bool = _DEFAULTS.face_detection
     grayscale_max_size: int = _DEFAULTS.grayscale_max_size  # longest side of the grayscale version; 0 = full
     max_decode_bytes: int = _DEFAULTS.max_decode_bytes  # decoded pixels, estimated from the header
 
@@ -92,7 +83,7 @@ class ProcessingOptions:
     def from_settings(cls, settings) -> "ProcessingOptions":
         """Options from imgpipe.settings.Settings."""
         return cls(thumbnail_size=settings.thumbnail_size, max_image_pixels=settings.max_image_pixels,
-                   max_object_bytes=settings.max_object_bytes, face_detection=settings.face_detection,
+                   max_object_bytes=settings.max_object_bytes,
                    grayscale_max_size=settings.grayscale_max_size, max_decode_bytes=settings.max_decode_bytes)
 
 
@@ -111,8 +102,7 @@ def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions())
     Raises MessageError(stage, reason) for a bad input, stage "guard" (rejected from its size
     or header, before decoding), "budget" (decoding it would take more than max_decode_bytes, or
     memory ran out), "decode" (OpenCV could not decode it) or "process". Never
-    raises anything else because of the input bytes. InfrastructureError only if OpenCV's
-    face cascade cannot be loaded (a broken installation, not a bad image).
+    raises anything else because of the input bytes.
     """
     imageguard.opencv_max_image_pixels()  # a process that skipped apply_decoder_limits() stops here
     try:
@@ -160,7 +150,6 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
         "megapixels": round(width * height / 1e6, 3),
         **working_scale_features(work),
         "dominant_color": dominant_color(thumbnail),
-        "faces": count_faces(work) if options.face_detection else 0,
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     return ProcessedImage({key: features[key] for key in FEATURE_KEYS},
@@ -345,32 +334,6 @@ def dominant_color(image: np.ndarray) -> str:
     best = int(np.bincount(index, minlength=512).argmax())
     blue, green, red = (int(round(v)) for v in pixels[index == best].mean(axis=0))
     return f"#{red:02x}{green:02x}{blue:02x}"
-
-
-_thread_state = threading.local()
-
-
-def _face_cascade():
-    # CascadeClassifier is not thread-safe: one per worker thread, loaded on first use.
-    cascade = getattr(_thread_state, "face_cascade", None)
-    if cascade is None:
-        path = cv2.data.haarcascades + FACE_CASCADE_FILE
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise InfrastructureError("opencv", f"cannot load the face cascade {path}")
-        _thread_state.face_cascade = cascade
-    return cascade
-
-
-def count_faces(work: np.ndarray) -> int:
-    """Frontal faces (Haar cascade) on a FACE_SIZE copy of the working image."""
-    small = _area_resize(work, fit(work.shape[1], work.shape[0], min(FACE_SIZE, max(work.shape[:2]))))
-    if min(small.shape[:2]) < FACE_MIN_SIZE:
-        return 0
-    faces = _face_cascade().detectMultiScale(small, scaleFactor=FACE_SCALE_FACTOR,
-                                             minNeighbors=FACE_MIN_NEIGHBORS,
-                                             minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE))
-    return int(len(faces))
 
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:

@@ -61,7 +61,6 @@ class Settings:
     max_image_pixels: int = 100_000_000
     thumbnail_size: int = 256
     grayscale_max_size: int = 640  # 0 means full size
-    face_detection: bool = True
     # Per-image budgets: wall time of processing, decoded size estimated from the header, and a
     # hard memory cap on each worker process (what gets past the estimate kills only its worker).
     processing_timeout_seconds: float = 30.0
@@ -122,7 +121,6 @@ ENV_VARS: dict[str, str] = {
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "THUMBNAIL_SIZE": "thumbnail_size",
     "GRAYSCALE_MAX_SIZE": "grayscale_max_size",
-    "FACE_DETECTION": "face_detection",
     "PROCESSING_TIMEOUT_SECONDS": "processing_timeout_seconds",
     "MAX_DECODE_BYTES": "max_decode_bytes",
     "WORKER_MEMORY_MB": "worker_memory_mb",
@@ -159,7 +157,7 @@ def _parse(attr: str, raw: str):
         if not value > 0 or value == float("inf"):
             raise ValueError(f"must be a positive number, got {raw!r}")
         return value
-    if attr in ("face_detection", "s3_fast_path"):
+    if attr == "s3_fast_path":
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
@@ -264,7 +262,7 @@ def to_env(settings: Settings) -> dict[str, str]:
             text = json.dumps(dict(value)) if value else ""
         elif f.name == "s3_allowed_buckets":
             text = ",".join(value)
-        elif f.name in ("face_detection", "s3_fast_path"):
+        elif f.name == "s3_fast_path":
             text = "on" if value else "off"
         else:
             text = str(value)

@@ -23,7 +23,7 @@ import io
 import re
 import sys
 
-# The CSV columns of mapreduce/export_csv.py (imgpipe.document.FIELDS, in order), as in
+# The CSV columns of mapreduce/export_csv.py (imgpipe.document.EXPORT_COLUMNS, in order), as in
 # mapper.py: Hadoop hands the header only to the mapper of the first split.
 DEFAULT_COLUMNS = (
     "id", "bucket", "key", "file_name", "format", "size_bytes", "size_kb", "width", "height",

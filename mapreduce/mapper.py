@@ -21,7 +21,7 @@ import re
 import sys
 from datetime import datetime, timedelta
 
-# The CSV columns of mapreduce/export_csv.py (imgpipe.document.FIELDS, in order). Hadoop hands
+# The CSV columns of mapreduce/export_csv.py (imgpipe.document.EXPORT_COLUMNS, in order). Hadoop hands
 # the header only to the mapper of the first split, so every other split maps by this order.
 # tests/test_mapreduce_mapper.py fails if it drifts from FIELDS.
 DEFAULT_COLUMNS = (
@@ -31,7 +31,10 @@ DEFAULT_COLUMNS = (
     "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
     "size_bin_kb", "processed_hour",
 )
-REQUIRED_COLUMNS = ("format", "size_kb", "faces", "processed_at")
+REQUIRED_COLUMNS = ("format", "size_kb", "processed_at")
+# Filled by the enrichment stage, not by the core consumer: an empty cell (an image not enriched
+# yet) or a CSV without the column leaves the row out of that dimension only.
+OPTIONAL_COLUMNS = ("faces",)
 
 DIMENSIONS = ("format", "hour", "day", "size_bucket", "faces")
 # (upper bound in hundredths of a KiB, label); the last bucket has no upper bound.
@@ -100,7 +103,9 @@ def is_header(fields):
 
 def column_positions(columns):
     """Column name -> position, for the columns the mapper reads."""
-    return {name: columns.index(name) for name in REQUIRED_COLUMNS}, len(columns)
+    where = {name: columns.index(name) for name in REQUIRED_COLUMNS}
+    where.update({name: columns.index(name) for name in OPTIONAL_COLUMNS if name in columns})
+    return where, len(columns)
 
 
 DEFAULT_POSITIONS = column_positions(DEFAULT_COLUMNS)
@@ -156,7 +161,8 @@ def clean_value(text):
 
 def group_values(fields, positions=None):
     """One CSV row (a list of fields) -> ((format, hour, day, size_bucket, faces), size in
-    hundredths of KiB): the row's value in each of DIMENSIONS. Raises MalformedRow.
+    hundredths of KiB): the row's value in each of DIMENSIONS, None for faces when the row has
+    none (not enriched yet). Raises MalformedRow.
 
     `positions` is what `column_positions` returns for the header in force; by default
     the columns are in DEFAULT_COLUMNS order.
@@ -166,17 +172,20 @@ def group_values(fields, positions=None):
         raise MalformedRow("wrong_field_count")
     size = size_hundredths(fields[where["size_kb"]])
     day, hour = day_and_hour(fields[where["processed_at"]].strip())
-    faces_text = fields[where["faces"]].strip()
-    if not (faces_text.isascii() and faces_text.isdigit()):
-        raise MalformedRow("bad_faces")
-    return (clean_value(fields[where["format"]].lower()), hour, day, size_bucket(size),
-            str(int(faces_text))), size
+    faces = None
+    if "faces" in where:
+        faces_text = fields[where["faces"]].strip()
+        if faces_text:
+            if not (faces_text.isascii() and faces_text.isdigit()):
+                raise MalformedRow("bad_faces")
+            faces = str(int(faces_text))
+    return (clean_value(fields[where["format"]].lower()), hour, day, size_bucket(size), faces), size
 
 
 def map_record(fields, positions=None):
     """One CSV row -> [(dimension, value, size in hundredths of KiB)], one per dimension."""
     values, size = group_values(fields, positions)
-    return [(dimension, value, size) for dimension, value in zip(DIMENSIONS, values)]
+    return [(dimension, value, size) for dimension, value in zip(DIMENSIONS, values) if value is not None]
 
 
 def add_partial(held, key, count, total, low, high):
@@ -209,6 +218,8 @@ def partial_lines(held):
     per_group = {}
     for values, (count, total, low, high) in held.items():
         for dimension, value in zip(DIMENSIONS, values):
+            if value is None:
+                continue
             add_partial(per_group, (dimension, value), count, total, low, high)
     return [format_partial(key, per_group[key]) for key in sorted(per_group)]
 

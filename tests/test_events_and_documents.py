@@ -144,7 +144,7 @@ def test_file_name_is_the_last_segment():
 
 FEATURES = {"format": "jpeg", "size_bytes": 2048, "width": 640, "height": 480, "channels": 3, "bit_depth": 8,
             "megapixels": 0.307, "mean_brightness": 120.5, "sharpness": 300.25, "edge_density": 0.1234,
-            "dominant_color": "#102030", "faces": 2, "phash": "00ff00ff00ff00ff", "sha256": "ab" * 32}
+            "dominant_color": "#102030", "phash": "00ff00ff00ff00ff", "sha256": "ab" * 32}
 
 
 def test_to_document_builds_every_field_in_order_from_its_inputs():
