@@ -52,7 +52,7 @@ QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000,
 
 # The steps, in the order they run (`--only` picks some). The pipeline's floor is the
 # in-memory processing rate, so without in_memory its ratios are left empty.
-GROUPS = ("in_memory", "pipelines", "indexing", "producer", "mapreduce", "visualize")
+GROUPS = ("in_memory", "pipelines", "seed", "indexing", "producer", "mapreduce", "visualize")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
 PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency", "seed-design-0",
                  "seed-design-1", "seed-pipeline-0", "seed-pipeline-1")
@@ -142,9 +142,13 @@ class Bench:
             self.guarded([name], ["images/s"], lambda w=workers, n=name: self._throughput(w, n, summaries))
         self.guarded(["consumer_peak_rss_mb"], ["MB"], lambda: self._peak_memory(summaries))
         self.guarded(["cores_busy", "consumer_cpu_per_image"], ["cores", "ms"], lambda: self._cpu(summaries))
-        self.guarded(["seed_design", "pipeline_vs_seed"], ["images/s", "images/s"], self._seed_comparison)
         self.guarded(["latency_p50", "latency_p95"], ["s", "s"], self._latency)
         self.guarded(["latency_upload_p50", "latency_upload_p95"], ["s", "s"], self._upload_latency)
+
+    def seed(self) -> None:
+        """pipeline_vs_seed and consumer_startup: a group of its own, so it can run alone."""
+        self.guarded(["seed_design", "pipeline_vs_seed", "consumer_startup"], ["images/s", "images/s", "s"],
+                     self._seed_comparison)
 
     def _upload(self) -> bool:
         from demo.corpus import upload_corpus
@@ -206,14 +210,17 @@ class Bench:
                                 "worker_cpu_seconds": summary.get("worker_cpu_seconds"), "images": images}))
 
     def _seed_comparison(self) -> None:
-        """The brief's straightforward consumer against ours (2 workers, no faces) on the same
-        photo-like 1280x960 JPEGs, each run twice in alternation, the best kept."""
+        """The brief's straightforward consumer against ours (2 workers), both in their default
+        configuration, on the same photo-like 1280x960 JPEGs (with sensor grain), each run twice
+        in alternation, the best kept. Both are timed from process start until the last document
+        is searchable: what a user waits for, group join, worker start and the last commit included."""
         from bench.pipeline import seed_design_run, throughput_run
         from demo.corpus import upload_corpus
 
         photos = [(key, data) for key, data in self.items if bench_corpus.kind(key) == "photo"]
         prefix = self.names.photos_prefix
-        step(f"seed_design vs pipeline (2 workers): {len(photos)} photo-like JPEGs, twice each, alternating")
+        step(f"seed_design vs pipeline (2 workers): {len(photos)} photo-like JPEGs, twice each, alternating, "
+             "timed from process start")
         upload_corpus(self.settings, photos, prefix, workers=8)
         seed, ours = [], []
         for round_ in range(2):
@@ -221,16 +228,27 @@ class Bench:
                                         self.config.max_idle_seconds, self.work, prefix))
             ours.append(throughput_run(self.settings, self.names, f"seed-pipeline-{round_}", 2, len(photos),
                                        self.config.max_idle_seconds, self.work, raw_prefix=prefix))
-        best_seed = max(s["active_images_per_second"] for s in seed)
-        best_ours = max(s["active_images_per_second"] for s in ours)
-        detail = {"images": len(photos), "rounds": 2,
-                  "seed_design_images_per_second": [round(s["active_images_per_second"], 1) for s in seed],
-                  "pipeline_images_per_second": [round(s["active_images_per_second"], 1) for s in ours],
+        best_seed = max(s["from_start_images_per_second"] for s in seed)
+        best_ours = max(s["from_start_images_per_second"] for s in ours)
+        detail = {"images": len(photos), "rounds": 2, "configuration": "default (both)",
+                  "measure": "images / (process start -> the index's last document task finished)",
+                  "seed_design_images_per_second": [round(s["from_start_images_per_second"], 1) for s in seed],
+                  "pipeline_images_per_second": [round(s["from_start_images_per_second"], 1) for s in ours],
+                  "seed_design_seconds": [round(s["from_start_seconds"], 2) for s in seed],
+                  "pipeline_seconds": [round(s["from_start_seconds"], 2) for s in ours],
+                  "active_rates_first_message_to_last_commit": {
+                      "seed_design": [round(s["active_images_per_second"], 1) for s in seed],
+                      "pipeline": [round(s["active_images_per_second"], 1) for s in ours]},
                   "seed_design": "bench/seed_design.py: GET, full decode, resize, grayscale, add_documents([doc]) "
                                  "per message, never waiting for the task; one process"}
+        startups = [s["startup_seconds"] for s in ours if s.get("startup_seconds") is not None]
         self.add(Figure("seed_design", best_seed, "images/s", detail=detail),
                  Figure("pipeline_vs_seed", best_ours, "images/s", floor=best_seed, floor_name="seed_design",
-                        detail=detail))
+                        detail=detail),
+                 Figure("consumer_startup", min(startups) if startups else None, "s",
+                        detail={"measure": "consumer process start -> its first message (group joined, "
+                                           "workers starting); the topic already holds every event",
+                                "runs": startups, "workers": 2}))
 
     def _peak_memory(self, summaries: dict) -> None:
         if not summaries:
