@@ -27,12 +27,15 @@ consumer's announcements; the core stream stays decode, cheap features, derived 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from consumer import imageguard
 from consumer.descriptor import describe
@@ -47,7 +50,7 @@ THUMBNAIL_QUALITY = 85
 GRAYSCALE_QUALITY = 80  # 10% cheaper to encode than 85, and it is a preview
 CANNY_THRESHOLDS = (100, 200)
 
-FEATURE_KEYS = ("format", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
+FEATURE_KEYS = ("format", "frames", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
                 "mean_brightness", "sharpness", "edge_density", "dominant_color", "phash", "sha256")
 
 _JPEG_REDUCED = {
@@ -142,6 +145,7 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
 
     features = {
         "format": header.format,
+        "frames": header.frames,
         "size_bytes": len(data),
         "width": width,
         "height": height,
@@ -163,10 +167,14 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
 def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int, max_decode_bytes: int):
     """Decode in display orientation, as small as `needed_long` allows; return (image, width, height)
     with width/height the full display size (from the header, axes as actually decoded).
-    Refused before decoding when the decoded pixels alone would exceed `max_decode_bytes`."""
+    Refused before decoding when the decoded pixels alone would exceed `max_decode_bytes`.
+
+    OpenCV decodes the formats it reads (fast, JPEG at a reduced scale); Pillow the rest, and
+    any file of a format both read that OpenCV gives up on (Pillow is more lenient)."""
     name = imageguard.DISPLAY_NAME[header.format]
+    spec = imageguard.FORMATS[header.format]
     scale = 1
-    if header.format == "jpeg":
+    if header.format in ("jpeg", "mpo"):
         stored_long = max(header.width, header.height)
         scale = next(s for s in (8, 4, 2, 1) if -(-stored_long // s) >= needed_long)
         flag = _JPEG_REDUCED[(header.mode == "L", scale)]
@@ -178,21 +186,76 @@ def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int, max_d
                            f"{'' if scale == 1 else f' at 1/{scale}'} x {header.decoded_channels} channel(s) x "
                            f"{header.bytes_per_sample} byte(s)), above MAX_DECODE_BYTES = "
                            f"{max_decode_bytes / 2**20:,.0f} MiB")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    except cv2.error as exc:
-        if _out_of_memory(exc):
-            raise
-        raise MessageError("decode", f"truncated or corrupt {name} ({_last_line(exc)})") from None
-    if image is None or image.size == 0:
-        raise MessageError("decode", f"truncated or corrupt {name} (OpenCV could not decode it)")
-    if header.format in _ORIENTED_BY_US:
-        image = apply_orientation(image, header.orientation)
+    image = None
+    if spec.decoder == imageguard.OPENCV:
+        opencv_error = "OpenCV could not decode it"
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        except cv2.error as exc:
+            if _out_of_memory(exc):
+                raise
+            opencv_error = _last_line(exc)
+        if image is not None and image.size == 0:
+            image = None
+        if image is None and (not spec.pillow or header.format in ("jpeg", "mpo")):
+            raise MessageError("decode", f"truncated or corrupt {name} ({opencv_error})")
+        if image is not None and header.format in _ORIENTED_BY_US:
+            image = apply_orientation(image, header.orientation)
+    if image is None:  # Pillow's format, or OpenCV gave up on one Pillow reads too
+        scale = 1
+        image = apply_orientation(_pillow_decode(data, header, name), header.orientation)
     # The decoder, not our reading of the EXIF block, decides whether the axes were swapped.
     stored_rows, stored_cols = -(-header.height // scale), -(-header.width // scale)
     swapped = image.shape[:2] == (stored_cols, stored_rows) and stored_rows != stored_cols
     width, height = (header.height, header.width) if swapped else (header.width, header.height)
     return image, width, height
+
+
+# Pillow modes turned into a layout OpenCV's functions take (8 or 16-bit gray, BGR, BGRA; LA is
+# gray + alpha); anything not listed goes through RGBA.
+_PILLOW_CONVERT = {"1": "L", "P": "RGB", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
+                   "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
+_PILLOW_KEEP = {"L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16B", "I;16L"}
+
+
+def _pillow_decode(data: bytes, header: imageguard.ImageHeader, name: str) -> np.ndarray:
+    """The first frame (PSD: the composite; ICO/ICNS: the largest image) decoded by Pillow, as an
+    array in OpenCV's channel order. Only the plugins of the header's format may run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=list(imageguard.FORMATS[header.format].pillow))
+            image.load()
+            mode = image.mode
+            if mode == "P" and header.has_alpha:
+                image = image.convert("RGBA")
+            elif mode not in _PILLOW_KEEP:
+                image = image.convert(_PILLOW_CONVERT.get(mode, "RGBA"))
+            array = np.asarray(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+        if isinstance(exc, UnidentifiedImageError):
+            detail = "Pillow cannot parse it"
+        else:
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise MessageError("decode", f"truncated or corrupt {name} ({detail})") from None
+    if array.dtype.byteorder == ">" or array.dtype == np.int32:
+        array = _widen_integers(array)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = array[:, :, ::-1]
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, [2, 1, 0, 3]]
+    if array.size == 0:
+        raise MessageError("decode", f"truncated or corrupt {name} (no pixels)")
+    return np.ascontiguousarray(array)
+
+
+def _widen_integers(array: np.ndarray) -> np.ndarray:
+    """Pillow's 32-bit integer and big-endian 16-bit samples as native uint16 (most hold 16 bits)."""
+    if array.dtype.kind == "u" or (array.size and int(array.min()) >= 0 and int(array.max()) <= 65535):
+        return array.astype(np.uint16)
+    return _to_uint8(array.astype(np.int32))
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

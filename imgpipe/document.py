@@ -48,6 +48,8 @@ FIELDS: dict[str, str] = {
     # Appended, not inserted: the CSV column order of older exports stays a prefix of this one.
     "size_bin_kb": "lower edge, KiB, of the size-histogram bin the object falls in (SIZE_BIN_EDGES_KB)",
     "processed_hour": "hour of processed_at, 0-23 UTC",
+    "frames": "frames, pages, layers or icon sizes in the file (GIF, APNG, TIFF, MPO, ICO, HEIF, ...); "
+              "the first frame (PSD: the composite, ICO/ICNS: the largest image) is the one processed",
 }
 
 # Fields an enrichment stage (enricher/) adds to a document after the core consumer indexed it.

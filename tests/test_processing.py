@@ -27,7 +27,7 @@ from imgpipe.errors import MessageError
 from imgpipe.settings import REPO_ROOT, Settings
 
 AWKWARD = samples.awkward_samples()
-SPEC_KEYS = ["format", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
+SPEC_KEYS = ["format", "frames", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
              "mean_brightness", "sharpness", "edge_density", "dominant_color", "phash", "sha256"]
 
 

@@ -38,7 +38,7 @@ def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float |
     hour = processed_hour if processed_hour is not None else (i * 5) % 24
     processed = datetime(2025, 11, 25, hour, i % 60, 7, 123000, tzinfo=timezone.utc)
     features = {
-        "format": fmt, "size_bytes": size_bytes, "width": width, "height": height, "channels": 3, "bit_depth": 8,
+        "format": fmt, "frames": 1, "size_bytes": size_bytes, "width": width, "height": height, "channels": 3, "bit_depth": 8,
         "megapixels": round(width * height / 1e6, 3), "mean_brightness": round(rnd.uniform(20, 230), 2),
         "sharpness": round(rnd.uniform(1, 900), 3), "edge_density": round(rnd.random(), 4),
         "dominant_color": f"#{rnd.randrange(1 << 24):06x}",
