@@ -174,7 +174,7 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic and BigTIFF
         return "tiff"
     if data[:2] == b"BM":
         return "bmp"
@@ -196,6 +196,8 @@ def sniff_format(data: bytes) -> str | None:
         return "jpeg2000"
     if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
         return "jxl"
+    if data[:6] == b"P7 332":  # an XV thumbnail, not a PAM
+        return "xvthumb"
     if data[:1] == b"P" and data[1:2] in _PNM and data[2:3] in (b" ", b"\t", b"\n", b"\r"):
         return _PNM[data[1:2]]
     if data[:4] == b"8BPS":
@@ -300,6 +302,33 @@ def _limit_pixels(width: int, height: int, fmt: str, max_image_pixels: int) -> N
                      f"{DISPLAY_NAME[fmt]} header, limit {max_image_pixels / 1e6:.1f}")
 
 
+def header_by_hand(data: bytes, fmt: str) -> tuple[int, int, str] | None:
+    """(width, height, Pillow-style mode) read from a PNG, BMP or JPEG 2000 header by hand, or None."""
+    try:
+        if fmt == "png" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return width, height, {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}.get(data[25], "RGBA")
+        if fmt == "bmp":
+            size = struct.unpack("<I", data[14:18])[0]
+            if size == 12:
+                width, height = struct.unpack("<HH", data[18:22])
+                return width, height, "RGB"
+            width, height = struct.unpack("<ii", data[18:26])
+            bits = struct.unpack("<H", data[28:30])[0]
+            return abs(width), abs(height), "RGBA" if bits == 32 else "RGB"
+        if fmt == "jpeg2000":
+            at = data.find(b"ihdr", 0, 512)
+            if at >= 0:
+                height, width = struct.unpack(">II", data[at + 4:at + 12])
+                return width, height, "RGBA"
+            if data[:4] == b"\xff\x4f\xff\x51":
+                x, y, x0, y0 = struct.unpack(">IIII", data[8:24])
+                return x - x0, y - y0, "RGBA"
+    except struct.error:
+        return None
+    return None
+
+
 def pam_header(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, depth, maxval) of a PAM (P7) header, read by hand: Pillow has no reader."""
     end = data.find(b"ENDHDR", 0, 4096)
@@ -367,8 +396,15 @@ def check_image(data: bytes, max_object_bytes: int, max_image_pixels: int) -> Im
                 detail = "Pillow cannot parse it"  # its own message names a memory address
             else:
                 detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise MessageError("guard", f"truncated or corrupt {name} header ({detail})") from None
-        if fmt == "jpeg" and image.format == "MPO":
+            # Pillow is stricter than OpenCV about some BMP, PNG and JPEG 2000 headers (a BMP
+            # bitfield layout, an unknown PNG compression byte): read their size by hand and let
+            # OpenCV try, within the budgets. A PNG text chunk over Pillow's limit stays refused.
+            by_hand = None if "MAX_TEXT_CHUNK" in detail else header_by_hand(data, fmt)
+            if by_hand is None:
+                raise MessageError("guard", f"truncated or corrupt {name} header ({detail})") from None
+            image, (width, height, mode) = None, by_hand
+            has_alpha = mode in ("RGBA", "LA")
+        if image is not None and fmt == "jpeg" and image.format == "MPO":
             fmt, name = "mpo", DISPLAY_NAME["mpo"]
     _limit_pixels(width, height, fmt, max_image_pixels)
     opencv_limit = opencv_max_image_pixels()
@@ -386,7 +422,7 @@ def check_image(data: bytes, max_object_bytes: int, max_image_pixels: int) -> Im
     channels, sample_bytes = _decoded_layout(data, image, fmt, mode, has_alpha)
     # Decoders that apply the file's own rotation themselves (HEIF's irot/imir, AVIF, JPEG XL)
     # report the displayed size: an EXIF orientation left in their metadata must not turn it again.
-    orientation = 1 if fmt in ("heic", "avif", "jxl") else _orientation(image, fmt)
+    orientation = 1 if fmt in ("heic", "avif", "jxl") or image is None else _orientation(image, fmt)
     return ImageHeader(fmt, width, height, mode, has_alpha, orientation, channels, sample_bytes,
                        _frames(image, fmt))
 
@@ -405,7 +441,7 @@ def _decoded_layout(data: bytes, image, fmt: str, mode: str, has_alpha: bool) ->
         bit_depth, colour_type = data[24], data[25]
         channels = {0: 1, 2: 3, 3: 4 if has_alpha else 3, 4: 2, 6: 4}.get(colour_type, 4)
         return channels, 2 if bit_depth == 16 else 1
-    if fmt == "tiff":
+    if fmt == "tiff" and image is not None:
         try:
             bits = image.tag_v2.get(258, (8,))
             samples = int(image.tag_v2.get(277, 1))

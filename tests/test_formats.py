@@ -108,3 +108,23 @@ def test_the_consumer_indexes_every_format_and_dead_letters_the_hostile_ones(set
     for name, (_, display) in {**BOMBS, **TRUNCATED}.items():
         assert reasons[name]["stage"] in ("guard", "decode"), (name, reasons[name])
         assert display in reasons[name]["reason"], (name, reasons[name]["reason"])
+
+
+def test_sizes_read_by_hand_agree_with_pillow_where_pillow_is_stricter_than_opencv():
+    # BMP bitfield layouts, PNG with an unknown compression byte, JPEG 2000 with a bad box
+    # length: OpenCV decodes them, Pillow's header parser refuses; the size is then read by hand.
+    from consumer.imageguard import header_by_hand
+    from fixtures.images import encode, photo_like_pixels
+
+    pixels = photo_like_pixels(3, 90, 60)
+    for ext, fmt in ((".png", "png"), (".bmp", "bmp"), (".jp2", "jpeg2000")):
+        assert header_by_hand(encode(pixels, ext), fmt)[:2] == (90, 60), fmt
+    assert header_by_hand(SAMPLES["codestream.j2k"].data, "jpeg2000")[:2] == (96, 64)
+
+
+def test_bigtiff_and_xv_thumbnails_are_told_apart_from_their_neighbours():
+    from consumer.imageguard import sniff_format
+
+    assert sniff_format(b"II+\x00\x08\x00\x00\x00") == sniff_format(b"MM\x00+\x00\x08\x00\x00") == "tiff"
+    assert sniff_format(b"P7 332\n#XVVERSION") == "xvthumb"
+    assert sniff_format(b"P7\nWIDTH 4\n") == "pam"
