@@ -94,9 +94,5 @@ def kind(key: str) -> str:
     return key.split("-", 2)[1]
 
 
-def is_face_photo(key: str) -> bool:
-    return kind(key) == "faces"
-
-
 def is_photo_like(key: str) -> bool:
     return kind(key) in ("photo", "small")

@@ -98,7 +98,7 @@ def planted_copy(pixels: np.ndarray, rng: np.random.Generator, transforms: tuple
 def phash_of(data: bytes) -> int:
     from consumer.processing import ProcessingOptions, process_image
 
-    return int(process_image(data, ProcessingOptions(face_detection=False)).features["phash"], 16)
+    return int(process_image(data, ProcessingOptions()).features["phash"], 16)
 
 
 def distance(a: int, b: int) -> int:

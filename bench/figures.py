@@ -13,10 +13,9 @@ from pathlib import Path
 
 # Figure names in the order of the issue: the table and results.json list them this way.
 FIGURE_ORDER = (
-    "decode_floor", "processing_floor", "processing_floor_faces",
-    "faces_astronaut", "faces_face_photos", "faces_false_positives",
+    "decode_floor", "processing_floor",
     "pipeline_1_worker", "pipeline_2_workers", "latency_p50", "latency_p95", "latency_upload_p50",
-    "latency_upload_p95", "seed_design", "pipeline_vs_seed", "cores_busy", "consumer_cpu_per_image",
+    "latency_upload_p95", "seed_design", "pipeline_vs_seed", "consumer_startup", "cores_busy", "consumer_cpu_per_image",
     "indexing_batched", "producer", "mapreduce_pipe", "mapreduce_hadoop",
     "mapreduce_duplicates", "duplicates_precision", "duplicates_recall", "consumer_peak_rss_mb",
     "visualize_100k", "visualize_100k_peak_rss_mb", "visualize_1m", "visualize_1m_peak_rss_mb",
@@ -48,7 +47,10 @@ TARGETS: dict[str, Target] = {
     "pipeline_1_worker": Target("ratio", ">=", 0.85),
     "pipeline_2_workers": Target("ratio", ">=", 0.85),
     "latency_p95": Target("value", "<=", 1.0),
-    "pipeline_vs_seed": Target("ratio", ">=", 1.5),
+    # Both consumers in their default configuration, timed from process start until the last
+    # document is searchable (group join, worker start and the last commit included).
+    "pipeline_vs_seed": Target("ratio", ">=", 2.0),
+    "consumer_startup": Target("value", "<", 2.0),
     "cores_busy": Target("value", ">=", 1.8),
     "consumer_cpu_per_image": Target("ratio", "<=", 1.3),
     "indexing_batched": Target("ratio", ">=", 50),

@@ -1,4 +1,4 @@
-"""Floors measured from memory, one thread: bare decoding, the consumer's processing, faces.
+"""Floors measured from memory, one thread: bare decoding and the consumer's processing.
 
 No network: these are what the pipeline figures are divided by. Each rate is the best of a few
 passes over the corpus, the usual way to read a floor on a machine others share.
@@ -15,7 +15,7 @@ import numpy as np
 from consumer.processing import ProcessingOptions, process_image
 from imgpipe.errors import MessageError
 
-from bench.corpus import Item, is_face_photo, is_photo_like
+from bench.corpus import Item
 from bench.figures import Figure
 
 
@@ -58,10 +58,10 @@ class ProcessingRun:
     outcomes: dict  # key -> features dict, or "stage: reason" for a rejected input
 
 
-def processing_run(items: list[Item], face_detection: bool, passes: int) -> ProcessingRun:
-    """consumer.processing.process_image over the corpus, default options but faces as given."""
+def processing_run(items: list[Item], passes: int) -> ProcessingRun:
+    """consumer.processing.process_image over the corpus, default options (what users run)."""
     cv2.setNumThreads(1)  # as the consumer does: parallelism is its workers', not OpenCV's
-    options = ProcessingOptions(face_detection=face_detection)
+    options = ProcessingOptions()
     outcomes: dict = {}
 
     def work(data: bytes) -> None:
@@ -84,62 +84,4 @@ def processing_figure(name: str, run: ProcessingRun, decode: Figure, passes: int
     return Figure(name, run.rate, "images/s", floor=decode.value, floor_name="decode_floor",
                   detail={"images": len(run.outcomes), "rejected_by_guard_or_decoder": rejected,
                           "passes": passes, "seconds": round(run.seconds, 3), "threads": 1,
-                          "call": "consumer.processing.process_image(data, ProcessingOptions("
-                                  f"face_detection={name.endswith('faces')}))"})
-
-
-def _astronaut_jpeg() -> bytes:
-    from skimage import data
-
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(data.astronaut()[:, :, ::-1]),
-                               [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return encoded.tobytes()
-
-
-def _full_resolution_faces(data: bytes) -> int:
-    """The reference: the same cascade on the full-size grayscale image, with the 30 px minimum
-    common in OpenCV examples (what a working scale is compared with)."""
-    from consumer.processing import FACE_CASCADE_FILE, FACE_MIN_NEIGHBORS, FACE_SCALE_FACTOR
-
-    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if gray is None:
-        return 0
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + FACE_CASCADE_FILE)
-    return len(cascade.detectMultiScale(gray, scaleFactor=FACE_SCALE_FACTOR, minNeighbors=FACE_MIN_NEIGHBORS,
-                                        minSize=(30, 30)))
-
-
-def face_figures(items: list[Item], faces_run: ProcessingRun) -> list[Figure]:
-    """Faces found at the consumer's working scale against the full-resolution cascade: on the
-    astronaut photo, on the corpus's face photos (one face each), and on photos with no face."""
-    from consumer import processing
-
-    scale = {"face_size_px": processing.FACE_SIZE, "min_face_px": processing.FACE_MIN_SIZE,
-             "min_neighbors": processing.FACE_MIN_NEIGHBORS, "scale_factor": processing.FACE_SCALE_FACTOR}
-    astronaut = _astronaut_jpeg()
-    found = process_image(astronaut, ProcessingOptions(face_detection=True)).features["faces"]
-    figures = [Figure("faces_astronaut", found, "faces",
-                      detail={"expected": 1, "full_resolution": _full_resolution_faces(astronaut),
-                              "image": "skimage.data.astronaut() 512x512, JPEG q90", **scale})]
-
-    face_keys = [key for key, _ in items if is_face_photo(key)]
-    by_key = dict(items)
-    counts = {key: faces_run.outcomes[key] for key in face_keys if isinstance(faces_run.outcomes[key], dict)}
-    working = [features["faces"] for features in counts.values()]
-    full = [_full_resolution_faces(by_key[key]) for key in counts]
-    share = (sum(1 for n in working if n >= 1) / len(working)) if working else None
-    share_full = (sum(1 for n in full if n >= 1) / len(full)) if full else None
-    figures.append(Figure(
-        "faces_face_photos", share, "share found", floor=share_full, floor_name="full-resolution cascade",
-        detail={"photos": len(working), "found": sum(1 for n in working if n >= 1),
-                "more_than_one": sum(1 for n in working if n > 1),
-                "found_full_resolution": sum(1 for n in full if n >= 1),
-                "more_than_one_full_resolution": sum(1 for n in full if n > 1),
-                "source": "demo corpus photos/astronaut/ (one face each, 70-300 px wide)", **scale}))
-
-    no_face = [o for key, o in faces_run.outcomes.items() if is_photo_like(key) and isinstance(o, dict)]
-    figures.append(Figure("faces_false_positives", sum(o["faces"] for o in no_face), "faces",
-                          detail={"images": len(no_face), "with_a_face": sum(1 for o in no_face if o["faces"]),
-                                  "source": "photo-like images (shapes and noise, no faces)"}))
-    return figures
+                          "call": "consumer.processing.process_image(data, ProcessingOptions())"})

@@ -2,7 +2,10 @@
 scripts as subprocesses, each run on its own topic, group, index and output prefix.
 
 Throughput comes from the consumer's summary (`active_images_per_second`: first message to
-last commit, so start-up and the idle tail before --max-idle-seconds are left out). Where the
+last commit, so start-up and the idle tail before --max-idle-seconds are left out) and, for the
+comparison with the naive design, from process start until the last document is searchable
+(`from_start_seconds`: the spawn of the process to the finish of the index's last task, as
+MeiliSearch records it, so group join, worker start and the last commit are all inside). Where the
 CPU went during a run is measured too: the consumer (its rusage as a child of this process),
 each local service (psutil), and the whole machine, whose remainder is other people's work.
 """
@@ -220,8 +223,8 @@ def produce_all(settings: Settings, work: Path, step: str, expected: int, extra:
 
 
 def consumer_args(workers: int, max_idle: float, summary_path: Path) -> list[str]:
-    # Faces off, as in processing_floor, so the ratio compares the same work.
-    return ["--workers", str(workers), "--no-faces", "--max-idle-seconds", str(max_idle),
+    # The default configuration, what users run: no option changes what the consumer does.
+    return ["--workers", str(workers), "--max-idle-seconds", str(max_idle),
             "--status-interval", "3600", "--no-progress", "--summary-json", str(summary_path)]
 
 
@@ -248,12 +251,17 @@ def throughput_run(base: Settings, names: RunNames, step: str, workers: int, exp
     meter = CpuMeter(base)
     before = meter.snapshot()
     with BusySampler() as sampler:
+        spawned, spawned_wall = time.monotonic(), time.time()
         run_script("consumer/image_consumer.py", consumer_args(workers, max_idle, summary_path), settings,
                    work / f"{step}-consumer.log", timeout=1800,
                    profile=work / f"{step}-consumer-profile.txt" if profile else None)
     after = meter.snapshot()
     summary = _read_json(summary_path)
     check_consumed(settings, step, summary, expected)
+    summary["from_start_seconds"] = last_task_finished(settings) - spawned_wall
+    summary["from_start_images_per_second"] = expected / summary["from_start_seconds"]
+    if summary.get("first_message_monotonic") is not None:
+        summary["startup_seconds"] = round(summary["first_message_monotonic"] - spawned, 3)
     summary["cpu"] = CpuMeter.difference(before, after, "consumer (whole run, incl. start-up)")
     summary["cpu"]["cores_busy_while_draining"] = sampler.cores_busy(summary.get("first_message_monotonic"),
                                                                      summary.get("last_committed_monotonic"))
@@ -327,6 +335,7 @@ def seed_design_run(base: Settings, names: RunNames, step: str, expected: int, m
     summary_path = work / f"{step}.json"
     log_path = work / f"{step}.log"
     with open(log_path, "wb") as log:
+        spawned_wall = time.time()
         code = subprocess.run([sys.executable, "-m", "bench.seed_design", "--max-idle-seconds", str(max_idle),
                                "--summary-json", str(summary_path)], env=child_env(settings), cwd=REPO_ROOT,
                               stdout=log, stderr=subprocess.STDOUT, timeout=1800).returncode
@@ -336,4 +345,23 @@ def seed_design_run(base: Settings, names: RunNames, step: str, expected: int, m
     if summary["processed"] + summary["failed"] != expected:
         raise BenchError(f"{step}: the seed design handled {summary['processed'] + summary['failed']} of "
                          f"{expected} events")
+    # It never waits for its tasks: its last document is searchable when MeiliSearch says so.
+    summary["from_start_seconds"] = last_task_finished(settings) - spawned_wall
+    summary["from_start_images_per_second"] = expected / summary["from_start_seconds"]
     return summary
+
+
+def last_task_finished(settings: Settings) -> float:
+    """Unix time at which the last document task of the run's index finished (waited for)."""
+    from datetime import timezone
+
+    client = meili.client(settings, settings.meili_master_key)
+    tasks = client.get_tasks({"indexUids": [settings.meili_index], "types": ["documentAdditionOrUpdate"],
+                              "limit": 1}).results
+    if not tasks:
+        raise BenchError(f"no document task in index {settings.meili_index}")
+    meili.wait_for_task(client, settings, tasks[0].uid, "the last document task", settings.meili_index)
+    finished = client.get_task(tasks[0].uid).finished_at
+    if finished is None:
+        raise BenchError(f"task {tasks[0].uid} of index {settings.meili_index} has no finish time")
+    return (finished if finished.tzinfo else finished.replace(tzinfo=timezone.utc)).timestamp()

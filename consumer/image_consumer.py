@@ -8,7 +8,7 @@ the same KAFKA_CONSUMER_GROUP to share the topic's partitions.
 
 Settings come from the environment and .env: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
 KAFKA_DEAD_LETTER_TOPIC, KAFKA_CONSUMER_GROUP, S3_*, MEILI_*, CONSUMER_*, MAX_*, THUMBNAIL_SIZE,
-FACE_DETECTION, and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
+and the per-image budgets PROCESSING_TIMEOUT_SECONDS, MAX_DECODE_BYTES, WORKER_MEMORY_MB.
 No message or object can stop it: each ends indexed, dead-lettered with a reason, or retried.
 SIGTERM or Ctrl-C stops polling, finishes the messages already polled (each indexed or
 dead-lettered) and commits them; a second one exits at once, and what was in flight is
@@ -52,7 +52,6 @@ def build_parser():
     p.add_argument("--group", help="consumer group id (env KAFKA_CONSUMER_GROUP)")
     p.add_argument("--topic", help="topic to consume (env KAFKA_TOPIC)")
     p.add_argument("--index", help="MeiliSearch index (env MEILI_INDEX)")
-    p.add_argument("--no-faces", action="store_true", help="skip face detection (env FACE_DETECTION=off)")
     p.add_argument("--max-idle-seconds", type=float, metavar="S",
                    help="exit once no message has arrived for S seconds (batch runs)")
     p.add_argument("--status-interval", type=float, default=10.0, metavar="S",
@@ -85,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         # Checked as the environment is: a bad option is named with the variable behind it.
         settings = load_settings(require_meili_key=True).with_options(args, OPTION_SETTINGS)
-        if args.no_faces:
-            settings = settings.with_overrides(face_detection=False)
         workers = settings.consumer_workers or os.cpu_count() or 1
 
         # Images are decoded only in the processing pool's worker processes (consumer/workers.py),

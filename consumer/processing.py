@@ -18,19 +18,24 @@ area-averaged (INTER_AREA, one step) to WORKING_SIZE = 320 px on its longest sid
 of at least 640 px (the original when it is smaller; images under 320 px are used as they are);
 edge_density on that working image area-halved to EDGE_SIZE = 160 px. The working image depends
 on the image, not on how it was decoded: a 2560 px photo decoded at 1/2 and its 1280 px copy
-decoded in full agree within a few percent, so values compare across images of any size. Faces
-are searched on a FACE_SIZE copy because the Haar cascade's cost grows with the pixel count.
+decoded in full agree within a few percent, so values compare across images of any size.
+
+No detector runs here: face detection (20-50 ms of CPU per photo with a Haar cascade, against
+about 11 ms for all of the above) belongs to the enrichment stage (enricher/), which reads the
+consumer's announcements; the core stream stays decode, cheap features, derived images, index.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
-import threading
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from consumer import imageguard
 from consumer.descriptor import describe
@@ -41,22 +46,12 @@ logger = logging.getLogger(__name__)
 
 WORKING_SIZE = 320  # longest side of the image the statistics are computed on
 EDGE_SIZE = 160  # longest side of the image edge density is computed on (half the working size)
-FACE_SIZE = 320  # longest side of the image faces are searched on
-# Measured on 100 LFW faces pasted into photos, the astronaut and 5 face-free photos: 320 px with
-# faces from 28 px (~9% of the long side) up finds 90-96% of faces with no false ones in ~24 ms;
-# 24 px costs 25% more for one face in a hundred, 256 px or scaleFactor 1.15 lose 5-8%, and
-# histogram equalisation lost a third of the faces and added false ones.
-FACE_MIN_SIZE = 28
-FACE_MIN_NEIGHBORS = 5
-FACE_SCALE_FACTOR = 1.1
 THUMBNAIL_QUALITY = 85
 GRAYSCALE_QUALITY = 80  # 10% cheaper to encode than 85, and it is a preview
 CANNY_THRESHOLDS = (100, 200)
-FACE_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
-FEATURE_KEYS = ("format", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
-                "mean_brightness", "sharpness", "edge_density", "dominant_color", "faces", "phash",
-                "sha256")
+FEATURE_KEYS = ("format", "frames", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
+                "mean_brightness", "sharpness", "edge_density", "dominant_color", "phash", "sha256")
 
 _JPEG_REDUCED = {
     # (grayscale, scale denominator) -> flag. IMREAD_COLOR/GRAYSCALE and their REDUCED_* forms
@@ -79,7 +74,6 @@ class ProcessingOptions:
     thumbnail_size: int = _DEFAULTS.thumbnail_size  # longest side of the thumbnail
     max_image_pixels: int = _DEFAULTS.max_image_pixels
     max_object_bytes: int = _DEFAULTS.max_object_bytes
-    face_detection: bool = _DEFAULTS.face_detection
     grayscale_max_size: int = _DEFAULTS.grayscale_max_size  # longest side of the grayscale version; 0 = full
     max_decode_bytes: int = _DEFAULTS.max_decode_bytes  # decoded pixels, estimated from the header
 
@@ -92,7 +86,7 @@ class ProcessingOptions:
     def from_settings(cls, settings) -> "ProcessingOptions":
         """Options from imgpipe.settings.Settings."""
         return cls(thumbnail_size=settings.thumbnail_size, max_image_pixels=settings.max_image_pixels,
-                   max_object_bytes=settings.max_object_bytes, face_detection=settings.face_detection,
+                   max_object_bytes=settings.max_object_bytes,
                    grayscale_max_size=settings.grayscale_max_size, max_decode_bytes=settings.max_decode_bytes)
 
 
@@ -111,8 +105,7 @@ def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions())
     Raises MessageError(stage, reason) for a bad input, stage "guard" (rejected from its size
     or header, before decoding), "budget" (decoding it would take more than max_decode_bytes, or
     memory ran out), "decode" (OpenCV could not decode it) or "process". Never
-    raises anything else because of the input bytes. InfrastructureError only if OpenCV's
-    face cascade cannot be loaded (a broken installation, not a bad image).
+    raises anything else because of the input bytes.
     """
     imageguard.opencv_max_image_pixels()  # a process that skipped apply_decoder_limits() stops here
     try:
@@ -152,6 +145,7 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
 
     features = {
         "format": header.format,
+        "frames": header.frames,
         "size_bytes": len(data),
         "width": width,
         "height": height,
@@ -160,7 +154,6 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
         "megapixels": round(width * height / 1e6, 3),
         **working_scale_features(work),
         "dominant_color": dominant_color(thumbnail),
-        "faces": count_faces(work) if options.face_detection else 0,
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     return ProcessedImage({key: features[key] for key in FEATURE_KEYS},
@@ -174,10 +167,14 @@ def _process(data: bytes, options: ProcessingOptions) -> ProcessedImage:
 def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int, max_decode_bytes: int):
     """Decode in display orientation, as small as `needed_long` allows; return (image, width, height)
     with width/height the full display size (from the header, axes as actually decoded).
-    Refused before decoding when the decoded pixels alone would exceed `max_decode_bytes`."""
+    Refused before decoding when the decoded pixels alone would exceed `max_decode_bytes`.
+
+    OpenCV decodes the formats it reads (fast, JPEG at a reduced scale); Pillow the rest, and
+    any file of a format both read that OpenCV gives up on (Pillow is more lenient)."""
     name = imageguard.DISPLAY_NAME[header.format]
+    spec = imageguard.FORMATS[header.format]
     scale = 1
-    if header.format == "jpeg":
+    if header.format in ("jpeg", "mpo"):
         stored_long = max(header.width, header.height)
         scale = next(s for s in (8, 4, 2, 1) if -(-stored_long // s) >= needed_long)
         flag = _JPEG_REDUCED[(header.mode == "L", scale)]
@@ -189,21 +186,76 @@ def _decode(data: bytes, header: imageguard.ImageHeader, needed_long: int, max_d
                            f"{'' if scale == 1 else f' at 1/{scale}'} x {header.decoded_channels} channel(s) x "
                            f"{header.bytes_per_sample} byte(s)), above MAX_DECODE_BYTES = "
                            f"{max_decode_bytes / 2**20:,.0f} MiB")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    except cv2.error as exc:
-        if _out_of_memory(exc):
-            raise
-        raise MessageError("decode", f"truncated or corrupt {name} ({_last_line(exc)})") from None
-    if image is None or image.size == 0:
-        raise MessageError("decode", f"truncated or corrupt {name} (OpenCV could not decode it)")
-    if header.format in _ORIENTED_BY_US:
-        image = apply_orientation(image, header.orientation)
+    image = None
+    if spec.decoder == imageguard.OPENCV:
+        opencv_error = "OpenCV could not decode it"
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        except cv2.error as exc:
+            if _out_of_memory(exc):
+                raise
+            opencv_error = _last_line(exc)
+        if image is not None and image.size == 0:
+            image = None
+        if image is None and (not spec.pillow or header.format in ("jpeg", "mpo")):
+            raise MessageError("decode", f"truncated or corrupt {name} ({opencv_error})")
+        if image is not None and header.format in _ORIENTED_BY_US:
+            image = apply_orientation(image, header.orientation)
+    if image is None:  # Pillow's format, or OpenCV gave up on one Pillow reads too
+        scale = 1
+        image = apply_orientation(_pillow_decode(data, header, name), header.orientation)
     # The decoder, not our reading of the EXIF block, decides whether the axes were swapped.
     stored_rows, stored_cols = -(-header.height // scale), -(-header.width // scale)
     swapped = image.shape[:2] == (stored_cols, stored_rows) and stored_rows != stored_cols
     width, height = (header.height, header.width) if swapped else (header.width, header.height)
     return image, width, height
+
+
+# Pillow modes turned into a layout OpenCV's functions take (8 or 16-bit gray, BGR, BGRA; LA is
+# gray + alpha); anything not listed goes through RGBA.
+_PILLOW_CONVERT = {"1": "L", "P": "RGB", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
+                   "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
+_PILLOW_KEEP = {"L", "LA", "RGB", "RGBA", "I", "F", "I;16", "I;16B", "I;16L"}
+
+
+def _pillow_decode(data: bytes, header: imageguard.ImageHeader, name: str) -> np.ndarray:
+    """The first frame (PSD: the composite; ICO/ICNS: the largest image) decoded by Pillow, as an
+    array in OpenCV's channel order. Only the plugins of the header's format may run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=list(imageguard.FORMATS[header.format].pillow))
+            image.load()
+            mode = image.mode
+            if mode == "P" and header.has_alpha:
+                image = image.convert("RGBA")
+            elif mode not in _PILLOW_KEEP:
+                image = image.convert(_PILLOW_CONVERT.get(mode, "RGBA"))
+            array = np.asarray(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+        if isinstance(exc, UnidentifiedImageError):
+            detail = "Pillow cannot parse it"
+        else:
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise MessageError("decode", f"truncated or corrupt {name} ({detail})") from None
+    if array.dtype.byteorder == ">" or array.dtype == np.int32:
+        array = _widen_integers(array)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = array[:, :, ::-1]
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, [2, 1, 0, 3]]
+    if array.size == 0:
+        raise MessageError("decode", f"truncated or corrupt {name} (no pixels)")
+    return np.ascontiguousarray(array)
+
+
+def _widen_integers(array: np.ndarray) -> np.ndarray:
+    """Pillow's 32-bit integer and big-endian 16-bit samples as native uint16 (most hold 16 bits)."""
+    if array.dtype.kind == "u" or (array.size and int(array.min()) >= 0 and int(array.max()) <= 65535):
+        return array.astype(np.uint16)
+    return _to_uint8(array.astype(np.int32))
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -345,32 +397,6 @@ def dominant_color(image: np.ndarray) -> str:
     best = int(np.bincount(index, minlength=512).argmax())
     blue, green, red = (int(round(v)) for v in pixels[index == best].mean(axis=0))
     return f"#{red:02x}{green:02x}{blue:02x}"
-
-
-_thread_state = threading.local()
-
-
-def _face_cascade():
-    # CascadeClassifier is not thread-safe: one per worker thread, loaded on first use.
-    cascade = getattr(_thread_state, "face_cascade", None)
-    if cascade is None:
-        path = cv2.data.haarcascades + FACE_CASCADE_FILE
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise InfrastructureError("opencv", f"cannot load the face cascade {path}")
-        _thread_state.face_cascade = cascade
-    return cascade
-
-
-def count_faces(work: np.ndarray) -> int:
-    """Frontal faces (Haar cascade) on a FACE_SIZE copy of the working image."""
-    small = _area_resize(work, fit(work.shape[1], work.shape[0], min(FACE_SIZE, max(work.shape[:2]))))
-    if min(small.shape[:2]) < FACE_MIN_SIZE:
-        return 0
-    faces = _face_cascade().detectMultiScale(small, scaleFactor=FACE_SCALE_FACTOR,
-                                             minNeighbors=FACE_MIN_NEIGHBORS,
-                                             minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE))
-    return int(len(faces))
 
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:

@@ -22,7 +22,7 @@ FIELDS: dict[str, str] = {
     "bucket": "source bucket",
     "key": "source object key, exactly as S3 has it",
     "file_name": "last path segment of the key",
-    "format": "format sniffed from the bytes: jpeg, png, webp, tiff, bmp, gif",
+    "format": "format sniffed from the bytes (consumer.imageguard.FORMATS): jpeg, png, heic, avif, ...",
     "size_bytes": "object size in bytes",
     "size_kb": "object size in KiB (size_bytes / 1024, 2 decimals)",
     "width": "width in pixels, in display orientation (EXIF applied)",
@@ -34,7 +34,6 @@ FIELDS: dict[str, str] = {
     "sharpness": "variance of the Laplacian of the grayscale image",
     "edge_density": "fraction of pixels that are Canny edges, 0-1",
     "dominant_color": "most common colour as #rrggbb",
-    "faces": "number of frontal faces found (Haar cascade); 0 when detection is off",
     "phash": "64-bit perceptual hash (DCT), 16 hex digits",
     "sha256": "sha256 of the object's bytes (finds exact duplicates)",
     "thumbnail_key": "S3 key of the thumbnail (JPEG)",
@@ -49,7 +48,23 @@ FIELDS: dict[str, str] = {
     # Appended, not inserted: the CSV column order of older exports stays a prefix of this one.
     "size_bin_kb": "lower edge, KiB, of the size-histogram bin the object falls in (SIZE_BIN_EDGES_KB)",
     "processed_hour": "hour of processed_at, 0-23 UTC",
+    "frames": "frames, pages, layers or icon sizes in the file (GIF, APNG, TIFF, MPO, ICO, HEIF, ...); "
+              "the first frame (PSD: the composite, ICO/ICNS: the largest image) is the one processed",
 }
+
+# Fields an enrichment stage (enricher/) adds to a document after the core consumer indexed it.
+# The core never writes them (it indexes with a merge, so a core re-index keeps them), and every
+# reader tolerates their absence: an image not enriched yet has none.
+ENRICHMENT_FIELDS: dict[str, str] = {
+    "faces": "number of faces the enrichment stage found (absent until it has run)",
+}
+
+# The CSV columns of mapreduce/export_csv.py: FIELDS with the enrichment fields where `faces`
+# stood before it left the core, so the column order of older exports stays a prefix of this
+# one (and the streaming mappers' default order holds); a cell is empty until enrichment ran.
+EXPORT_COLUMNS: tuple[str, ...] = (
+    *list(FIELDS)[:list(FIELDS).index("dominant_color") + 1], "faces",
+    *list(FIELDS)[list(FIELDS).index("dominant_color") + 1:])
 
 # The size histogram counts images per fixed bin, so MeiliSearch can count them with a facet on
 # `size_bin_kb` and the chart drawn from the facet equals the one drawn from every document. Ten

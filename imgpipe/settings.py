@@ -61,7 +61,6 @@ class Settings:
     max_image_pixels: int = 100_000_000
     thumbnail_size: int = 256
     grayscale_max_size: int = 640  # 0 means full size
-    face_detection: bool = True
     # Per-image budgets: wall time of processing, decoded size estimated from the header, and a
     # hard memory cap on each worker process (what gets past the estimate kills only its worker).
     processing_timeout_seconds: float = 30.0
@@ -132,7 +131,6 @@ ENV_VARS: dict[str, str] = {
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "THUMBNAIL_SIZE": "thumbnail_size",
     "GRAYSCALE_MAX_SIZE": "grayscale_max_size",
-    "FACE_DETECTION": "face_detection",
     "PROCESSING_TIMEOUT_SECONDS": "processing_timeout_seconds",
     "MAX_DECODE_BYTES": "max_decode_bytes",
     "WORKER_MEMORY_MB": "worker_memory_mb",
@@ -145,7 +143,7 @@ _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_bat
                   "max_object_bytes", "max_image_pixels", "thumbnail_size", "max_decode_bytes"}
 _POSITIVE_FLOATS = {"processing_timeout_seconds"}
 _ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb", "metrics_port"}
-_SWITCHES = {"face_detection", "s3_fast_path"}
+_SWITCHES = {"s3_fast_path"}
 _URLS = {"s3_endpoint_url", "meili_url", "sqs_queue_url"}
 _REQUIRED = {"kafka_bootstrap_servers", "kafka_topic", "kafka_dead_letter_topic", "kafka_consumer_group",
              "s3_bucket", "meili_url", "meili_index"}

@@ -1,6 +1,6 @@
 """Export every document of the MeiliSearch index to a CSV for the MapReduce job.
 
-One header row, then one row per image, columns in imgpipe.document.FIELDS order. Values are
+One header row, then one row per image, columns in imgpipe.document.EXPORT_COLUMNS order (FIELDS and the enrichment fields). Values are
 CSV-quoted where needed, so keys with commas, quotes, tabs, `;`, `&`, `=` or any unicode come
 through unchanged. CR and LF inside text are written as the two characters `\\r` and `\\n`:
 Hadoop splits its input on line ends before any CSV parser sees it, so a quoted newline would
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Iterable
 
 from imgpipe import cli, meili, s3
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS
 from imgpipe.errors import NOT_FOUND, UserError
 from imgpipe.settings import Settings, load_settings
 
 log = logging.getLogger("mapreduce.export_csv")
 
-COLUMNS: tuple[str, ...] = tuple(FIELDS)
+COLUMNS: tuple[str, ...] = EXPORT_COLUMNS
 CSV_NAME = "image_metadata.csv"
 PAGE_SIZE = 1000
 

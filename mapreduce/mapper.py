@@ -27,8 +27,11 @@ else:  # run as a script: streaming_common.py is beside it (see its docstring fo
 
 MalformedRow = common.MalformedRow
 DEFAULT_COLUMNS = common.EXPORT_COLUMNS
-REQUIRED_COLUMNS = ("format", "size_kb", "faces", "processed_at")
-DEFAULT_POSITIONS = common.column_positions(DEFAULT_COLUMNS, REQUIRED_COLUMNS)
+REQUIRED_COLUMNS = ("format", "size_kb", "processed_at")
+# Filled by the enrichment stage, not by the core consumer: an empty cell (an image not enriched
+# yet) or a CSV without the column leaves the row out of that dimension only.
+OPTIONAL_COLUMNS = ("faces",)
+DEFAULT_POSITIONS = common.column_positions(DEFAULT_COLUMNS, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
 
 DIMENSIONS = ("format", "hour", "day", "size_bucket", "faces")
 # (upper bound in hundredths of a KiB, label); the last bucket has no upper bound.
@@ -97,7 +100,8 @@ def clean_value(text):
 
 def group_values(fields, positions=None):
     """One CSV row (a list of fields) -> ((format, hour, day, size_bucket, faces), size in
-    hundredths of KiB): the row's value in each of DIMENSIONS. Raises MalformedRow.
+    hundredths of KiB): the row's value in each of DIMENSIONS, None for faces when the row has
+    none (not enriched yet). Raises MalformedRow.
 
     `positions` is what `column_positions` returns for the header in force; by default
     the columns are in DEFAULT_COLUMNS order.
@@ -107,17 +111,20 @@ def group_values(fields, positions=None):
         raise MalformedRow("wrong_field_count")
     size = size_hundredths(fields[where["size_kb"]])
     day, hour = day_and_hour(fields[where["processed_at"]].strip())
-    faces_text = fields[where["faces"]].strip()
-    if not (faces_text.isascii() and faces_text.isdigit()):
-        raise MalformedRow("bad_faces")
-    return (clean_value(fields[where["format"]].lower()), hour, day, size_bucket(size),
-            str(int(faces_text))), size
+    faces = None
+    if "faces" in where:
+        faces_text = fields[where["faces"]].strip()
+        if faces_text:
+            if not (faces_text.isascii() and faces_text.isdigit()):
+                raise MalformedRow("bad_faces")
+            faces = str(int(faces_text))
+    return (clean_value(fields[where["format"]].lower()), hour, day, size_bucket(size), faces), size
 
 
 def map_record(fields, positions=None):
     """One CSV row -> [(dimension, value, size in hundredths of KiB)], one per dimension."""
     values, size = group_values(fields, positions)
-    return [(dimension, value, size) for dimension, value in zip(DIMENSIONS, values)]
+    return [(dimension, value, size) for dimension, value in zip(DIMENSIONS, values) if value is not None]
 
 
 def add_partial(held, key, count, total, low, high):
@@ -146,6 +153,8 @@ def partial_lines(held):
     per_group = {}
     for values, (count, total, low, high) in held.items():
         for dimension, value in zip(DIMENSIONS, values):
+            if value is None:
+                continue
             add_partial(per_group, (dimension, value), count, total, low, high)
     return [format_partial(key, per_group[key]) for key in sorted(per_group)]
 
@@ -156,7 +165,7 @@ def map_lines(lines, counters):
     # update per row instead of five, and the split into dimensions happens once at the end.
     held = {}
     rows = 0
-    for values, size in common.read_rows(lines, REQUIRED_COLUMNS, group_values, counters):
+    for values, size in common.read_rows(lines, REQUIRED_COLUMNS, group_values, counters, OPTIONAL_COLUMNS):
         rows += 1
         seen = held.get(values)
         if seen is None:

@@ -23,7 +23,7 @@ EXPORT_COLUMNS = (
     "channels", "bit_depth", "megapixels", "mean_brightness", "sharpness", "edge_density",
     "dominant_color", "faces", "phash", "sha256", "thumbnail_key", "grayscale_key", "etag",
     "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
-    "size_bin_kb", "processed_hour",
+    "size_bin_kb", "processed_hour", "frames",
 )
 
 # The duplicates job's pHash bands: both of its scripts must cut the hash the same way.
@@ -81,18 +81,21 @@ def is_header(fields, required):
     return EXPORT_COLUMNS[0] in fields and all(name in fields for name in required)
 
 
-def column_positions(columns, required):
-    """(column name -> position for the `required` columns, number of columns)."""
-    return {name: columns.index(name) for name in required}, len(columns)
+def column_positions(columns, required, optional=()):
+    """(column name -> position for the `required` columns and those of the `optional` ones the
+    header has, number of columns)."""
+    where = {name: columns.index(name) for name in required}
+    where.update({name: columns.index(name) for name in optional if name in columns})
+    return where, len(columns)
 
 
-def read_rows(lines, required, read_row, counters):
+def read_rows(lines, required, read_row, counters, optional=()):
     """What `read_row(fields, positions)` makes of each data row of CSV lines, in order. Blank
     lines and headers are counted and passed over: a header names the columns for the rows after
     it (by default EXPORT_COLUMNS; a concatenation of two exports may carry two headers). A row
     the CSV reader or `read_row` refuses (MalformedRow) is counted under its reason."""
     parse, header = parse_csv_line, is_header  # local names: looked up once, not once per row
-    positions = column_positions(EXPORT_COLUMNS, required)
+    positions = column_positions(EXPORT_COLUMNS, required, optional)
     for line in lines:
         if not line.strip():
             count(counters, "blank_lines")
@@ -100,7 +103,7 @@ def read_rows(lines, required, read_row, counters):
         try:
             fields = parse(line)
             if header(fields, required):
-                positions = column_positions(fields, required)
+                positions = column_positions(fields, required, optional)
                 count(counters, "header_rows")
                 continue
             row = read_row(fields, positions)

@@ -28,7 +28,7 @@ def descriptor_of(data: bytes) -> list[float]:
     """The descriptor the consumer computes for these bytes (consumer.processing, no faces)."""
     from consumer.processing import ProcessingOptions, process_image
 
-    return list(process_image(data, ProcessingOptions(face_detection=False)).descriptor)
+    return list(process_image(data, ProcessingOptions()).descriptor)
 
 
 def copies(image: np.ndarray) -> dict[str, bytes]:

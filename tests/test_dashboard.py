@@ -103,8 +103,9 @@ def test_one_image_shows_every_field_both_versions_and_its_look_alikes(shown):
     data, client = shown
     doc = data.docs[0]
     page = get_json(client, f"/image/{doc['id']}")
-    assert list(page["document"]) == list(FIELDS)
-    assert page["document"] == {k: v for k, v in doc.items() if k in FIELDS}
+    # The core's fields in their order, then what the enrichment stage merged in (faces).
+    assert list(page["document"]) == [*FIELDS, "faces"]
+    assert page["document"] == {k: v for k, v in doc.items() if k in FIELDS or k == "faces"}
     assert page["similar"][0]["id"] == data.docs[1]["id"]  # its near twin first
     assert doc["id"] not in [h["id"] for h in page["similar"]]
     assert 0.99 < page["similar"][0]["likeness"] <= 1.0

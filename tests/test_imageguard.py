@@ -100,16 +100,31 @@ def test_format_comes_from_the_bytes_not_the_name():
         assert sniff_format(AWKWARD[name][0]) == fmt
 
 
-@pytest.mark.parametrize("data, named", [
-    (b"%PDF-1.7\n%\xe2\xe3", "PDF document"),
-    (b"\x00\x00\x00\x1cftypheic\x00\x00", "HEIC"),
-    (b"\x00\x00\x00\x1cftypavif\x00\x00", "AVIF"),
-    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG"),
+@pytest.mark.parametrize("data, reason", [
+    (b"%PDF-1.7\n%\xe2\xe3", "refused PDF document: Pillow renders PDF only through Ghostscript, an external interpreter"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n", "refused PostScript/EPS: Pillow reads it by running Ghostscript"),
+    (b"\xc5\xd0\xd3\xc6" + bytes(28), "refused EPS (DOS binary): Pillow reads it by running Ghostscript"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "refused SVG: SVG is a program for a renderer"),
+    (b"<?xml version='1.0'?>\n<svg xmlns='http://www.w3.org/2000/svg'/>", "refused SVG"),
+    # Formats we read, cut after their signature: the reason names the format.
+    (b"\x00\x00\x00\x1cftypheic\x00\x00", "truncated or corrupt HEIC/HEIF header"),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00", "truncated or corrupt AVIF header"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n\x00", "truncated or corrupt JPEG 2000 header"),
+    (b"8BPS\x00\x01", "truncated or corrupt Photoshop PSD header"),
+    (b"qoif\x00", "truncated or corrupt QOI header"),
+    (b"P7\nWIDTH 4\n", "truncated or corrupt PAM header"),
 ])
-def test_other_image_formats_are_named_in_the_rejection(data, named):
+def test_refused_and_broken_formats_are_named_in_the_reason(data, reason):
     with pytest.raises(MessageError) as caught:
         guard(data)
-    assert caught.value.reason.startswith(f"unsupported image format {named} (supported: jpeg, png")
+    assert caught.value.stage == "guard"
+    assert caught.value.reason.startswith(reason), caught.value.reason
+
+
+def test_ghostscript_can_never_run():
+    # Unregistered: no Image.open, ours or a library's, can reach EpsImagePlugin.
+    assert "EPS" not in Image.OPEN and "EPS" not in Image.ID
+    assert "EPS" not in {p for f in imageguard.FORMATS.values() for p in f.pillow}
 
 
 def test_webp_canvas_is_checked_before_pillow_allocates_it(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 
 from imgpipe import kafka, meili, s3
 from imgpipe.document import document_id
-from tests.helpers import all_documents, encode, read_topic, run_script, gradient_pattern, upload
+from tests.helpers import admin, all_documents, encode, read_topic, run_script, gradient_pattern, upload
 
 pytestmark = pytest.mark.integration
 
@@ -178,8 +178,9 @@ def test_filters_and_sorting_work_on_the_index(settings):
     assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
 
     index = meili.search_client(settings).index(settings.meili_index)
-    hits = index.search("", {"filter": 'format = "jpeg" AND faces = 0', "sort": ["timestamp:desc"]})["hits"]
+    hits = index.search("", {"filter": 'format = "jpeg" AND width = 100', "sort": ["timestamp:desc"]})["hits"]
     assert [h["file_name"] for h in hits] == ["a.jpg"]
+    assert "faces" not in hits[0]  # the enrichment stage's field: the core never writes it
 
 
 def test_producer_sends_only_the_given_keys_and_reports_missing_ones(settings):
@@ -242,3 +243,20 @@ def test_producer_fails_fast_with_one_line_when_kafka_is_unreachable_or_the_topi
     missing = run_script("producer/image_producer.py", ["--no-progress", "--topic", f"{settings.kafka_topic}-nope"],
                          settings, timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_core_reindex_keeps_the_fields_the_enrichment_stage_added(settings):
+    # The enricher merges `faces` into the core's document; a later core re-index of the same
+    # object (a changed ETag, a redrive) must merge too, never drop or overwrite that count.
+    keys = upload(settings, {"enriched.jpg": encode(gradient_pattern(90, 60, 3), ".jpg")})
+    assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
+    assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
+    master = admin(settings)
+    index = meili.client(master).index(settings.meili_index)
+    doc_id = document_id(settings.s3_bucket, keys[0])
+    task = index.update_documents([{"id": doc_id, "faces": 3}], primary_key="id")
+    meili.wait_for_task(meili.client(master), master, task.task_uid, "enriching", settings.meili_index)
+    assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
+    assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
+    document = index.get_document(doc_id)
+    assert (document.width, document.height, document.faces) == (90, 60, 3)

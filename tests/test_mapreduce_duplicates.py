@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS as FIELDS  # the CSV columns
 from mapreduce import duplicates_groups as groups_script
 from mapreduce import duplicates_mapper as mapper
 from mapreduce import duplicates_reducer as reducer

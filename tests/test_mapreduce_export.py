@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from imgpipe import meili, s3
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS as FIELDS  # the CSV columns
 from mapreduce import export_csv
 from fixtures.documents import sample_documents
 from fixtures.keys import CSV_BREAKING_KEYS

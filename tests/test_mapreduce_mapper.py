@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS as FIELDS  # the CSV columns
 from mapreduce import mapper, reducer
 from mapreduce.export_csv import to_row, write_csv
 from fixtures.documents import sample_documents

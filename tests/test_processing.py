@@ -27,9 +27,8 @@ from imgpipe.errors import MessageError
 from imgpipe.settings import REPO_ROOT, Settings
 
 AWKWARD = samples.awkward_samples()
-NO_FACES = ProcessingOptions(face_detection=False)
-SPEC_KEYS = ["format", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
-             "mean_brightness", "sharpness", "edge_density", "dominant_color", "faces", "phash", "sha256"]
+SPEC_KEYS = ["format", "frames", "size_bytes", "width", "height", "channels", "bit_depth", "megapixels",
+             "mean_brightness", "sharpness", "edge_density", "dominant_color", "phash", "sha256"]
 
 
 def decode(jpeg: bytes) -> np.ndarray:
@@ -96,11 +95,10 @@ def test_feature_values_are_in_range():
         assert 0 <= f["edge_density"] <= 1
         assert re.fullmatch(r"#[0-9a-f]{6}", f["dominant_color"]), name
         assert re.fullmatch(r"[0-9a-f]{16}", f["phash"]), name
-        assert f["faces"] >= 0
 
 
 def test_a_photo_gets_a_256px_thumbnail_and_a_640px_grayscale_version():
-    result = process_image(samples.photo_like_jpeg(1), NO_FACES)
+    result = process_image(samples.photo_like_jpeg(1))
     assert (result.features["width"], result.features["height"]) == (1280, 960)
     assert decode(result.thumbnail_jpeg).shape == (192, 256, 3)
     assert decode(result.grayscale_jpeg).shape == (480, 640)
@@ -108,14 +106,13 @@ def test_a_photo_gets_a_256px_thumbnail_and_a_640px_grayscale_version():
 
 def test_output_sizes_follow_the_options():
     photo = samples.photo_like_jpeg(2)
-    full = process_image(photo, ProcessingOptions(face_detection=False, thumbnail_size=100,
-                                                  grayscale_max_size=0))
+    full = process_image(photo, ProcessingOptions(thumbnail_size=100, grayscale_max_size=0))
     assert decode(full.thumbnail_jpeg).shape == (75, 100, 3)
     assert decode(full.grayscale_jpeg).shape == (960, 1280)
-    small = process_image(photo, ProcessingOptions(face_detection=False, grayscale_max_size=200))
+    small = process_image(photo, ProcessingOptions(grayscale_max_size=200))
     assert decode(small.grayscale_jpeg).shape == (150, 200)
     # A small grayscale version must not change the statistics (they use their own scale).
-    default = process_image(photo, NO_FACES).features
+    default = process_image(photo).features
     for key in ("mean_brightness", "sharpness", "edge_density"):
         assert small.features[key] == pytest.approx(default[key], rel=0.05), key
     assert hamming(small.features["phash"], default["phash"]) <= 2
@@ -124,7 +121,7 @@ def test_output_sizes_follow_the_options():
 def test_small_images_are_never_upscaled_and_no_side_is_ever_zero():
     for size in [(1, 1), (3, 2), (100, 60), (8000, 10), (10, 8000), (2000, 1), (1, 300)]:
         data = samples.pil_bytes(Image.new("RGB", size, (40, 90, 200)), "PNG")
-        result = process_image(data, NO_FACES)
+        result = process_image(data)
         thumb, gray = decode(result.thumbnail_jpeg), decode(result.grayscale_jpeg)
         assert thumb.shape[:2][::-1] == fit(*size, min(256, max(size)))
         assert gray.shape[::-1] == fit(*size, min(640, max(size)))
@@ -147,7 +144,7 @@ def test_every_exif_orientation_is_applied_like_pillow_does(fmt):
         params = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
         data = samples.pil_bytes(_quadrants(), fmt, exif=samples.exif_with_orientation(orientation), **params)
         expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
-        result = process_image(data, NO_FACES)
+        result = process_image(data)
         thumbnail = decode(result.thumbnail_jpeg)[:, :, ::-1]
         assert (result.features["width"], result.features["height"]) == expected.shape[1::-1]
         assert thumbnail.shape == expected.shape, (fmt, orientation)
@@ -157,7 +154,7 @@ def test_every_exif_orientation_is_applied_like_pillow_does(fmt):
 
 def test_exif_rotated_jpeg_is_portrait_with_the_marker_top_right():
     data, _ = AWKWARD["exif-rotated-6.jpg"]
-    result = process_image(data, NO_FACES)
+    result = process_image(data)
     assert (result.features["width"], result.features["height"]) == (400, 600)
     thumbnail = decode(result.thumbnail_jpeg)  # 171x256, BGR
     assert thumbnail.shape[:2] == (256, 171)
@@ -168,8 +165,8 @@ def test_exif_rotated_jpeg_is_portrait_with_the_marker_top_right():
 
 def test_a_large_jpeg_decoded_at_reduced_scale_keeps_its_full_size_and_statistics():
     big = samples.photo_like_pixels(3, 2560, 1920)
-    full = process_image(encode_jpeg(big), NO_FACES)
-    half = process_image(encode_jpeg(cv2.resize(big, (1280, 960), interpolation=cv2.INTER_AREA)), NO_FACES)
+    full = process_image(encode_jpeg(big))
+    half = process_image(encode_jpeg(cv2.resize(big, (1280, 960), interpolation=cv2.INTER_AREA)))
     assert (full.features["width"], full.features["height"]) == (2560, 1920)
     assert full.features["megapixels"] == 4.915
     assert decode(full.thumbnail_jpeg).shape == (192, 256, 3)
@@ -188,7 +185,7 @@ def test_phash_survives_reencoding_and_resizing_but_tells_images_apart():
         original = samples.photo_like_jpeg(seed)
         pixels = cv2.imdecode(np.frombuffer(original, np.uint8), cv2.IMREAD_COLOR)
         reencoded = encode_jpeg(cv2.resize(pixels, (640, 480), interpolation=cv2.INTER_AREA), 50)
-        first, second = (process_image(d, NO_FACES).features["phash"] for d in (original, reencoded))
+        first, second = (process_image(d).features["phash"] for d in (original, reencoded))
         assert hamming(first, second) <= 6
         hashes.append(first)
     for i, a in enumerate(hashes):
@@ -198,7 +195,7 @@ def test_phash_survives_reencoding_and_resizing_but_tells_images_apart():
 
 def test_alpha_is_composited_on_white():
     for name in ("rgba.png", "rgba-lossless.webp"):
-        result = process_image(AWKWARD[name][0], NO_FACES)
+        result = process_image(AWKWARD[name][0])
         assert result.features["channels"] == 4
         thumbnail = decode(result.thumbnail_jpeg)
         left, right = thumbnail[:, :120], thumbnail[:, 136:]  # left half of the source is transparent
@@ -208,20 +205,20 @@ def test_alpha_is_composited_on_white():
 
 
 def test_sixteen_bit_samples_are_scaled_not_clipped():
-    features = process_image(AWKWARD["16bit-gray.png"][0], NO_FACES).features
+    features = process_image(AWKWARD["16bit-gray.png"][0]).features
     assert features["bit_depth"] == 16
     assert features["mean_brightness"] == pytest.approx(127.5, abs=2)
     flat = samples.pil_bytes(Image.fromarray(np.full((30, 40), 50_000, np.uint16)), "PNG")
-    features = process_image(flat, NO_FACES).features
+    features = process_image(flat).features
     assert (features["bit_depth"], features["channels"]) == (16, 1)
     assert features["mean_brightness"] == pytest.approx(50_000 / 257, abs=1)
     # 16-bit RGB: green is 40000 everywhere -> 156 in 8 bits.
-    colour = rgb_of(process_image(AWKWARD["16bit-rgb.png"][0], NO_FACES).features["dominant_color"])
+    colour = rgb_of(process_image(AWKWARD["16bit-rgb.png"][0]).features["dominant_color"])
     assert abs(int(colour[1]) - 156) <= 2
 
 
 def test_gif_uses_the_first_frame():
-    features = process_image(AWKWARD["animated.gif"][0], NO_FACES).features
+    features = process_image(AWKWARD["animated.gif"][0]).features
     assert np.abs(rgb_of(features["dominant_color"]) - rgb_of("#dc1e1e")).max() <= 8
 
 
@@ -229,7 +226,7 @@ def test_dominant_colour_is_the_largest_area():
     pixels = np.full((300, 400, 3), (200, 120, 40), np.uint8)  # BGR of #2878c8
     pixels[:100, :100] = (0, 0, 255)
     pixels[200:, 300:] = (0, 255, 0)
-    colour = process_image(samples.pil_bytes(Image.fromarray(pixels[:, :, ::-1]), "PNG"), NO_FACES)
+    colour = process_image(samples.pil_bytes(Image.fromarray(pixels[:, :, ::-1]), "PNG"))
     assert colour.features["dominant_color"] == "#2878c8"
 
 
@@ -239,12 +236,13 @@ def _astronaut_jpeg() -> bytes:
     return encode_jpeg(np.ascontiguousarray(data.astronaut()[:, :, ::-1]), 90)
 
 
-def test_the_astronaut_has_one_face():
-    astronaut = _astronaut_jpeg()
-    assert process_image(astronaut).features["faces"] == 1
-    assert process_image(astronaut, NO_FACES).features["faces"] == 0
-    flat = samples.pil_bytes(Image.new("RGB", (640, 480), (120, 120, 120)), "PNG")
-    assert process_image(flat).features["faces"] == 0
+def test_the_core_runs_no_detector_and_writes_no_faces():
+    # Faces belong to the enrichment stage: a core re-index must never write a face count over
+    # the enricher's, and nothing in the hot path may load a model.
+    features = process_image(_astronaut_jpeg()).features
+    assert "faces" not in features and "faces" not in FIELDS
+    source = (REPO_ROOT / "consumer" / "processing.py").read_text()
+    assert "CascadeClassifier" not in source and "detectMultiScale" not in source
 
 
 def test_threads_give_the_same_results_as_one_thread():
@@ -253,14 +251,13 @@ def test_threads_give_the_same_results_as_one_thread():
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = [r.features for r in pool.map(process_image, inputs)]
     assert parallel == sequential
-    assert sequential[-1]["faces"] == 1
 
 
 def test_any_bytes_like_input_is_accepted():
     data = AWKWARD["photo.jpg"][0]
-    expected = process_image(data, NO_FACES).features
-    assert process_image(bytearray(data), NO_FACES).features == expected
-    assert process_image(memoryview(data), NO_FACES).features == expected
+    expected = process_image(data).features
+    assert process_image(bytearray(data)).features == expected
+    assert process_image(memoryview(data)).features == expected
 
 
 def _mutations(rng: random.Random, seeds: list[bytes], count: int):
@@ -304,16 +301,15 @@ def test_no_input_bytes_raise_anything_but_message_error():
 def test_unexpected_failures_inside_processing_become_process_errors(monkeypatch):
     monkeypatch.setattr(processing, "dominant_color", lambda image: 1 / 0)
     with pytest.raises(MessageError) as caught:
-        process_image(AWKWARD["photo.jpg"][0], NO_FACES)
+        process_image(AWKWARD["photo.jpg"][0])
     assert caught.value.stage == "process"
     assert caught.value.reason == "ZeroDivisionError: division by zero"
 
 
 def test_options_come_from_settings():
-    settings = Settings(thumbnail_size=128, max_image_pixels=5_000_000, max_object_bytes=1_000,
-                        face_detection=False)
+    settings = Settings(thumbnail_size=128, max_image_pixels=5_000_000, max_object_bytes=1_000)
     assert ProcessingOptions.from_settings(settings) == ProcessingOptions(
-        thumbnail_size=128, max_image_pixels=5_000_000, max_object_bytes=1_000, face_detection=False,
+        thumbnail_size=128, max_image_pixels=5_000_000, max_object_bytes=1_000,
         grayscale_max_size=640)
     with pytest.raises(ValueError):
         ProcessingOptions(thumbnail_size=0)
@@ -345,7 +341,7 @@ def test_compressed_text_chunks_cannot_inflate_the_decoders_memory():
         results = []
         for data in (before_image, after_image):
             try:
-                results.append(process_image(data, ProcessingOptions(face_detection=False)).features["width"])
+                results.append(process_image(data, ProcessingOptions()).features["width"])
             except MessageError as exc:
                 results.append(exc.stage + " " + exc.reason)
         print(results, "|", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) // 1024)

@@ -16,9 +16,9 @@ def test_defaults_are_the_local_stack():
 def test_every_problem_is_listed_in_one_error():
     with pytest.raises(SettingsError) as err:
         settings_from_mapping({"CONSUMER_BATCH_SIZE": "lots", "THUMBNAIL_SIZE": "0", "MEILI_URL": "ftp://x",
-                               "FACE_DETECTION": "maybe", "MEILI_MASTER_KEY": "short", "KAFKA_TOPIC": ""})
+                               "S3_FAST_PATH": "maybe", "MEILI_MASTER_KEY": "short", "KAFKA_TOPIC": ""})
     text = str(err.value)
-    for name in ("CONSUMER_BATCH_SIZE", "THUMBNAIL_SIZE", "MEILI_URL", "FACE_DETECTION", "MEILI_MASTER_KEY",
+    for name in ("CONSUMER_BATCH_SIZE", "THUMBNAIL_SIZE", "MEILI_URL", "S3_FAST_PATH", "MEILI_MASTER_KEY",
                  "KAFKA_TOPIC"):
         assert name in text
     assert "short" not in text  # the key's value is never echoed
@@ -38,7 +38,7 @@ def test_bad_client_config_does_not_echo_its_value():
 
 
 def test_to_env_round_trips():
-    original = settings_from_mapping({"S3_ALLOWED_BUCKETS": "a,b", "FACE_DETECTION": "off",
+    original = settings_from_mapping({"S3_ALLOWED_BUCKETS": "a,b", "S3_FAST_PATH": "off",
                                       "KAFKA_CLIENT_CONFIG": '{"security.protocol": "SSL"}',
                                       "MEILI_MASTER_KEY": "k" * 20})
     env = to_env(original)

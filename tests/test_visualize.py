@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from imgpipe import meili, s3
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS
 from imgpipe.settings import Settings
 from tests.helpers import admin
 from tests.test_visualize_data import (BASE_TIME, PYTHON, REPO, index_documents, make_doc, script_env, search_only,
@@ -339,7 +339,7 @@ def test_csv_input_gives_the_same_charts(settings, known_index, tmp_path, monkey
     import pandas as pd
 
     csv = tmp_path / "metadata.csv"
-    pd.DataFrame(known_index, columns=list(FIELDS)).to_csv(csv, index=False)
+    pd.DataFrame(known_index, columns=list(EXPORT_COLUMNS)).to_csv(csv, index=False)
     from_csv = read_csv(csv)
     csv_counts = from_frame(from_csv, str(csv))
     facets = from_index(search_only(settings), settings.meili_index)

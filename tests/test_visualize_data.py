@@ -38,16 +38,17 @@ def make_doc(i: int, settings, *, timestamp: int | None = None, size_kb: float |
     hour = processed_hour if processed_hour is not None else (i * 5) % 24
     processed = datetime(2025, 11, 25, hour, i % 60, 7, 123000, tzinfo=timezone.utc)
     features = {
-        "format": fmt, "size_bytes": size_bytes, "width": width, "height": height, "channels": 3, "bit_depth": 8,
+        "format": fmt, "frames": 1, "size_bytes": size_bytes, "width": width, "height": height, "channels": 3, "bit_depth": 8,
         "megapixels": round(width * height / 1e6, 3), "mean_brightness": round(rnd.uniform(20, 230), 2),
         "sharpness": round(rnd.uniform(1, 900), 3), "edge_density": round(rnd.random(), 4),
-        "dominant_color": f"#{rnd.randrange(1 << 24):06x}", "faces": FACES[i % len(FACES)],
+        "dominant_color": f"#{rnd.randrange(1 << 24):06x}",
         "phash": f"{rnd.getrandbits(64):016x}", "sha256": f"{i:064x}"}
     moment = datetime.fromtimestamp(stamp, tz=timezone.utc)
     event = ImageEvent(bucket, key, size_bytes, f"{i:032x}", to_iso(moment), to_iso(processed))
     doc = to_document(event, SourceObject(size_bytes, f'"{i:032x}"', moment), features,
                       DerivedKeys.of(settings.s3_processed_prefix, bucket, key),
                       ProcessingRun(to_iso(processed), rnd.uniform(5, 80), pipeline_version="test"))
+    doc["faces"] = FACES[i % len(FACES)]  # merged in by the enrichment stage
     doc.update(dict.fromkeys(nulls))
     return doc
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from imgpipe.document import FIELDS
+from imgpipe.document import EXPORT_COLUMNS as FIELDS  # the core fields and the enrichment ones (may be empty)
 from imgpipe.errors import UserError
 
 NUMERIC_FIELDS = ("size_bytes", "size_kb", "width", "height", "channels", "bit_depth", "megapixels",
