@@ -93,8 +93,8 @@ def test_overrides_are_checked_as_the_environment_is():
 def test_overrides_of_the_wrong_type_are_refused():
     with pytest.raises(SettingsError, match="CONSUMER_BATCH_SIZE must be a whole number, got '200'"):
         Settings().with_overrides(consumer_batch_size="200")
-    with pytest.raises(SettingsError, match="FACE_DETECTION must be on or off"):
-        Settings().with_overrides(face_detection="off")
+    with pytest.raises(SettingsError, match="S3_FAST_PATH must be on or off"):
+        Settings().with_overrides(s3_fast_path="off")
 
 
 def test_a_short_master_key_is_refused_without_being_shown():
