@@ -157,6 +157,29 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int | None 
                 raise error from None
 
 
+def ensure_partitions(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> int | None:
+    """Grow `topic` to `count` partitions, as `kafka-topics.sh --alter --partitions` does (Kafka never
+    removes partitions; the new ones receive new events only). Returns the count it had when it
+    grew, None when it had enough already."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewPartitions
+
+    metadata = list_topics(settings, timeout=timeout, topic=topic).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise KafkaError("adding partitions to", topic, "UNKNOWN_TOPIC_OR_PART", "no such topic", NOT_FOUND)
+    had = len(metadata.partitions)
+    if had >= count:
+        return None
+    client = admin(settings)  # must outlive the futures below
+    for name, future in client.create_partitions([NewPartitions(topic, count)], operation_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise translate(exc, "adding partitions to", name) from None
+    log.info("topic %s: %d -> %d partitions", topic, had, count)
+    return had
+
+
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 # Kafka's own minimum for SCRAM-SHA-512 is 4096; twice that costs a client ~10 ms once per connection.
 SCRAM_ITERATIONS = 8192

@@ -79,3 +79,17 @@ def test_a_fleet_host_whose_secret_stays_empty_says_what_to_check(secret, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "is still empty" in err and "/var/log/imgpipe-setup.log" in err
     assert not (tmp_path / "consumer.env").exists()
+
+
+def test_topics_grows_the_events_topic_to_the_fleets_partitions_and_never_shrinks_it(settings, monkeypatch, capsys):
+    """provision.py topics, as setup.sh runs it after ConsumerHostsMax was raised: the topic the
+    settings fixture made with 3 partitions gets KAFKA_TOPIC_PARTITIONS, a second run changes nothing."""
+    from imgpipe.settings import to_env
+
+    for name, value in to_env(settings.with_overrides(kafka_topic_partitions=5)).items():
+        monkeypatch.setenv(name, value)
+    assert provision.main(["topics"]) == 0
+    assert "(grown from 3 to 5 partitions)" in capsys.readouterr().out
+    assert len(kafka.list_topics(settings, topic=settings.kafka_topic).topics[settings.kafka_topic].partitions) == 5
+    assert provision.main(["topics"]) == 0 and "grown" not in capsys.readouterr().out
+    assert kafka.ensure_partitions(settings, settings.kafka_topic, 2) is None  # never fewer

@@ -6,7 +6,8 @@ settings and two keys limited to that index (imgpipe/access.py says what each ma
 consumer's (write documents, read tasks and settings) and the readers' (search and read
 documents: visualize/, export_csv.py). Each key goes into an env file only its users can read.
 The master key is not written anywhere else, and no service gets it.
-`topics`: create the Kafka topics (the producer refuses to start without them).
+`topics`: create the Kafka topics (the producer refuses to start without them), and grow the
+events topic to KAFKA_TOPIC_PARTITIONS partitions when it has fewer (a larger fleet).
 `kafka-config`: render the broker's server.properties from stack/kafka/server.properties.template;
 with --tls-dir its SASL listener is SASL_SSL on the private address (the fleet's way in).
 `fleet-secret` (main host, with a fleet): create the fleet's SCRAM user over the loopback listener
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             from imgpipe import kafka
 
             kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
-            print(f"topics {settings.kafka_topic}, {settings.kafka_dead_letter_topic} ready")
+            # A larger fleet (KAFKA_TOPIC_PARTITIONS from setup.sh) needs more partitions than the
+            # topic was made with: grow it, as kafka-topics.sh --alter --partitions would.
+            had = kafka.ensure_partitions(settings, settings.kafka_topic, settings.kafka_topic_partitions)
+            grown = f" (grown from {had} to {settings.kafka_topic_partitions} partitions)" if had else ""
+            print(f"topics {settings.kafka_topic}, {settings.kafka_dead_letter_topic} ready{grown}")
             return cli.EXIT_OK
         if not settings.meili_master_key:
             raise UserError("MEILI_MASTER_KEY is not set (setup.sh reads it from /etc/imgpipe/meilisearch.env)")
