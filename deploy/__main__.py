@@ -127,7 +127,8 @@ def cmd_up(args) -> int:
               f"at {values.get('GitRef', '?')}); the host's set-up takes several minutes", file=sys.stderr)
     elif "GitRef" in values and values["GitRef"] != cfn.parameters(existing).get("GitRef"):
         print("note: a running host installs its code once; to move it to the new ref, see "
-              "deploy/README.md (Updating)", file=sys.stderr)
+              "deploy/README.md (Updating). Consumer fleet hosts, if any, are replaced one at a time.",
+              file=sys.stderr)
     action, stack = cfn.up(aws, args.stack_name, values, out=sys.stderr,
                            keep_on_failure=args.keep_on_failure, **waits)
     print_stack(stack, aws.region, headline={"create": "created", "update": "updated",
