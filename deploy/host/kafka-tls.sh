@@ -6,8 +6,9 @@
 #   DIR/broker.crt                  the broker's certificate for IP:ADDRESS (subjectAltName: librdkafka
 #                                   checks it), signed by the CA
 #   DIR/broker.p12, .password       the broker's key and certificate as a PKCS#12 key store and its
-#                                   password (Java 17 reads neither an unencrypted PEM key store nor
-#                                   openssl 3's PBES2-encrypted PKCS#8 key: measured, Kafka 4.4)
+#                                   password (not a PEM key store: Kafka wants its key encrypted, and
+#                                   Java 17 cannot read openssl 3's PBES2-encrypted PKCS#8 key, "PBES2
+#                                   SecretKeyFactory not available", measured with Kafka 4.4)
 # Idempotent: the CA is made once; the broker's certificate again only when ADDRESS changed.
 #   kafka-tls.sh /etc/imgpipe/kafka/tls 10.80.0.12
 set -euo pipefail
