@@ -7,7 +7,9 @@ it is down, left running) with a generated corpus: 500 photo-like 1280x960 JPEGs
 JPEGs and PNGs, the demo corpus's face photos and the awkward samples with three
 decompression bombs. The upload latency (PUT -> searchable through S3 Event Notifications and
 the producer's SQS mode) runs against a moto server started for it, the only local S3 that
-sends notifications. Prints a table and writes results.json; the run's topics, indexes and S3
+sends notifications. The sizing step (`--only sizing`) measures images per core with the
+consumer's default configuration and MeiliSearch's indexing ceiling, for the README's sizing
+table of the AWS consumer fleet. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
 time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
 1,000,000 documents report.py runs on (kept in the local MeiliSearch for later runs;
@@ -41,6 +43,7 @@ def build_parser():
         "make bench                                  # the full run, about 3 minutes",
         "python -m bench --quick --out /tmp/r.json    # a handful of images: checks the harness",
         "CONSUMER_BATCH_MS=100 python -m bench --only in_memory --only pipelines",
+        "python -m bench --photos 120 --only sizing   # images per core and MeiliSearch's ceiling",
         "python -m bench --keep-logs /tmp/b --profile  # keep logs; profile the pipeline consumers"])
     p.add_argument("--quick", action="store_true", help="tiny corpus and sizes, no Hadoop: checks the harness")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.json goes")

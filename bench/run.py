@@ -38,6 +38,8 @@ class BenchConfig:
     max_idle_seconds: float  # the consumer stops after this long without messages
     visualize_documents: tuple[int, int] = (100_000, 1_000_000)  # the two indexes report.py runs on
     keep_visualize_indexes: bool = True  # they take minutes to build: kept for the next run
+    sizing_photos: int = 120  # photo-like JPEGs the default-configuration consumer drains (sizing)
+    sizing_documents: int = 4000  # documents of MeiliSearch's indexing ceiling (sizing)
     label: str = "full"
 
 
@@ -47,15 +49,15 @@ FULL = BenchConfig(corpus=bench_corpus.FULL, passes=3, producer_messages=100_000
 QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000, index_documents=200,
                     naive_documents=20, mapreduce_rows=5000, hadoop=False, latency_seconds=4,
                     max_idle_seconds=3, visualize_documents=(1000, 10_000), keep_visualize_indexes=False,
-                    label="quick")
+                    sizing_photos=12, sizing_documents=400, label="quick")
 
 
 # The steps, in the order they run (`--only` picks some). The pipeline's floor is the
 # in-memory processing rate, so without in_memory its ratios are left empty.
-GROUPS = ("in_memory", "pipelines", "seed", "indexing", "producer", "mapreduce", "visualize")
+GROUPS = ("in_memory", "pipelines", "seed", "indexing", "producer", "mapreduce", "visualize", "sizing")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
 PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency", "seed-design-0",
-                 "seed-design-1", "seed-pipeline-0", "seed-pipeline-1")
+                 "seed-design-1", "seed-pipeline-0", "seed-pipeline-1", "sizing")
 
 
 def step(name: str):
@@ -318,6 +320,33 @@ class Bench:
                                      prefix, rounds=self.config.passes))
 
         self.guarded(["indexing_batched"], ["docs/s"], body)
+
+    def sizing(self) -> None:
+        """Images/s per core with the default configuration and MeiliSearch's indexing ceiling, for
+        the README's sizing table (bench/sizing.py)."""
+        from bench import sizing
+        from bench.pipeline import throughput_run
+        from demo.corpus import upload_corpus
+        from fixtures.documents import sample_documents
+
+        def body() -> None:
+            photos = [(k, d) for k, d in self.items if bench_corpus.kind(k) == "photo"][:self.config.sizing_photos]
+            prefix = f"{self.names.s3_prefix}sizing/raw/"
+            step(f"sizing: consumer with its default workers (one per core) on {len(photos)} photo-like JPEGs")
+            upload_corpus(self.settings, photos, prefix, workers=8)
+            summary = throughput_run(self.settings, self.names, "sizing", 0, len(photos),
+                                     self.config.max_idle_seconds, self.work, raw_prefix=prefix)
+            step(f"sizing: MeiliSearch's ceiling, {self.config.sizing_documents} documents from "
+                 f"{sizing.WRITERS} writers at once")
+            index = f"{self.names.index_prefix}_ceiling"
+            self._indexes.append(index)
+            ceiling = sizing.indexing_ceiling(self.settings, index, sample_documents(self.config.sizing_documents,
+                                                                                      seed=13))
+            step(f"sizing: the same {len(photos)} photos processed from memory, 1 thread (the floor)")
+            floor = sizing.cpu_floor(photos, self.config.passes)
+            self.add(*sizing.sizing_figures(summary, len(photos), ceiling, floor))
+
+        self.guarded(["sizing_images_per_core", "meilisearch_indexing_ceiling"], ["images/s", "docs/s"], body)
 
     def producer(self) -> None:
         from bench.producing import producer_figure

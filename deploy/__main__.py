@@ -127,11 +127,13 @@ def cmd_up(args) -> int:
               f"at {values.get('GitRef', '?')}); the host's set-up takes several minutes", file=sys.stderr)
     elif "GitRef" in values and values["GitRef"] != cfn.parameters(existing).get("GitRef"):
         print("note: a running host installs its code once; to move it to the new ref, see "
-              "deploy/README.md (Updating)", file=sys.stderr)
+              "deploy/README.md (Updating). Consumer fleet hosts, if any, are replaced one at a time.",
+              file=sys.stderr)
     action, stack = cfn.up(aws, args.stack_name, values, out=sys.stderr,
                            keep_on_failure=args.keep_on_failure, **waits)
     print_stack(stack, aws.region, headline={"create": "created", "update": "updated",
                                              "unchanged": "unchanged (nothing to update)"}[action])
+    print_fleet(aws, stack)
     return cli.EXIT_OK
 
 
@@ -145,6 +147,7 @@ def cmd_status(args) -> int:
               file=sys.stderr)
         return cli.EXIT_FAILURES
     print_stack(stack, aws.region)
+    print_fleet(aws, stack)
     status = stack["StackStatus"]
     if status in cfn.UPDATABLE or status.endswith("_IN_PROGRESS"):
         return cli.EXIT_OK
@@ -167,7 +170,7 @@ def cmd_down(args) -> int:
     bucket = cfn.bucket_of(aws, stack)
     contents = cfn.count_objects(aws, bucket) if bucket else None
     what = (f"stack {args.stack_name} in {aws.region} (the host with its Kafka and MeiliSearch data, "
-            "the queues, the roles)")
+            "the consumer fleet if any, the queues, the roles)")
     if args.delete_bucket and bucket:
         what += f" AND the bucket s3://{bucket} ({describe_contents(contents)})"
     confirm(f"Delete {what}?", args.yes)
@@ -268,6 +271,14 @@ def print_stack(stack: dict, region: str, headline: str | None = None) -> None:
     width = max((len(k) for k in values), default=0)
     for key in sorted(values):
         print(f"  {key:<{width}}  {values[key]}")
+
+
+def print_fleet(aws, stack: dict) -> None:
+    from deploy import cloudformation as cfn
+
+    fleet = cfn.fleet_of(aws, stack)
+    if fleet is not None:
+        print(fleet.describe())
 
 
 if __name__ == "__main__":

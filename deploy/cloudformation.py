@@ -143,6 +143,33 @@ def parameters(stack: dict) -> dict[str, str]:
     return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """The consumer fleet's Auto Scaling group as `status` shows it."""
+
+    name: str
+    minimum: int
+    maximum: int
+    desired: int
+    in_service: int
+
+    def describe(self) -> str:
+        return (f"fleet: {self.in_service} of {self.desired} consumer host(s) in service "
+                f"(min {self.minimum}, max {self.maximum}; group {self.name})")
+
+
+def fleet_of(aws: Aws, stack: dict) -> Fleet | None:
+    """The stack's consumer fleet, or None when it has none (ConsumerHosts=0)."""
+    name = outputs(stack).get("FleetGroupName")
+    if not name:
+        return None
+    group = awsapi.auto_scaling_group(aws.client("autoscaling"), name)
+    if group is None:
+        return None
+    in_service = sum(1 for i in group.get("Instances", []) if i.get("LifecycleState") == "InService")
+    return Fleet(name, group["MinSize"], group["MaxSize"], group["DesiredCapacity"], in_service)
+
+
 def bucket_of(aws: Aws, stack: dict) -> str | None:
     """The image bucket, also of a stack whose creation failed (no outputs, bucket retained)."""
     if outputs(stack).get("BucketName"):

@@ -176,6 +176,24 @@ def delete_stack(cfn, stack_id: str) -> None:
         cfn.delete_stack(StackName=stack_id)
 
 
+def auto_scaling_group(autoscaling, name: str) -> dict | None:
+    """The Auto Scaling group (sizes and instances), or None when there is none."""
+    with errors("autoscaling", "describing the group", name):
+        groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+    return groups[0] if groups else None
+
+
+def secret_string(secrets, secret_id: str) -> str:
+    """The current value of a Secrets Manager secret; AwsError NOT_FOUND while it has none."""
+    with errors("secretsmanager", "reading the secret", secret_id):
+        return secrets.get_secret_value(SecretId=secret_id)["SecretString"]
+
+
+def put_secret_string(secrets, secret_id: str, value: str) -> None:
+    with errors("secretsmanager", "writing the secret", secret_id):
+        secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+
+
 def ssm_parameter(ssm, name: str) -> str:
     with errors("ssm", "reading the parameter", name):
         return ssm.get_parameter(Name=name)["Parameter"]["Value"]

@@ -157,6 +157,61 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int | None 
                 raise error from None
 
 
+def ensure_partitions(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> int | None:
+    """Grow `topic` to `count` partitions, as `kafka-topics.sh --alter --partitions` does (Kafka never
+    removes partitions; the new ones receive new events only). Returns the count it had when it
+    grew, None when it had enough already."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewPartitions
+
+    metadata = list_topics(settings, timeout=timeout, topic=topic).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise KafkaError("adding partitions to", topic, "UNKNOWN_TOPIC_OR_PART", "no such topic", NOT_FOUND)
+    had = len(metadata.partitions)
+    if had >= count:
+        return None
+    client = admin(settings)  # must outlive the futures below
+    for name, future in client.create_partitions([NewPartitions(topic, count)], operation_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise translate(exc, "adding partitions to", name) from None
+    log.info("topic %s: %d -> %d partitions", topic, had, count)
+    return had
+
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# Kafka's own minimum for SCRAM-SHA-512 is 4096; twice that costs a client ~10 ms once per connection.
+SCRAM_ITERATIONS = 8192
+
+
+def ensure_scram_user(settings: Settings, username: str, password: str, timeout: float = 30.0) -> None:
+    """Create (or reset) a SCRAM-SHA-512 user on the cluster, as `kafka-configs --alter --add-config
+    SCRAM-SHA-512=[...]` does: idempotent, the password is never logged. Run over a listener that
+    may alter credentials (the broker's loopback PLAINTEXT one, where no authorizer is set)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    upsert = UserScramCredentialUpsertion(
+        username, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS), password.encode())
+    client = admin(settings)  # must outlive the futures below
+    for user, future in client.alter_user_scram_credentials([upsert], request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise translate(exc, "setting the SCRAM credentials of", user) from None
+
+
+def sasl_client_config(username: str, password: str, tls: bool = False, ca_location: str | None = None) -> dict:
+    """librdkafka options (KAFKA_CLIENT_CONFIG) for the SCRAM-SHA-512 listener: SASL_PLAINTEXT on
+    the local stack's loopback, SASL_SSL with the set-up's CA on AWS."""
+    config = {"security.protocol": "SASL_SSL" if tls else "SASL_PLAINTEXT", "sasl.mechanisms": SCRAM_MECHANISM,
+              "sasl.username": username, "sasl.password": password}
+    if tls and ca_location:
+        config["ssl.ca.location"] = ca_location
+    return config
+
+
 def set_topic_config(settings: Settings, topic: str, configs: dict[str, str], timeout: float = 30.0) -> None:
     """Set topic-level configs (e.g. retention.ms, max.message.bytes) of an existing topic."""
     from confluent_kafka import KafkaException

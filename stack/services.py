@@ -214,6 +214,49 @@ class Kafka(Service):
         return self.settings.kafka_bootstrap_servers
 
     @property
+    def sasl_port(self) -> int:
+        """The authenticated listener (SASL_PLAINTEXT, SCRAM-SHA-512) on 127.0.0.1: the shape of the
+        AWS host's SASL_SSL listener, for clients that connect as the consumer fleet does."""
+        return int(os.environ.get("KAFKA_SASL_PORT", self.host_port[1] + 2))
+
+    @property
+    def sasl_user_file(self) -> Path:
+        return self.dir / "sasl-user.json"
+
+    def sasl_user(self) -> tuple[str, str]:
+        """The SCRAM user and password of the authenticated listener, generated once into the state
+        folder (0600, never printed)."""
+        import json
+        import secrets
+
+        try:
+            saved = json.loads(self.sasl_user_file.read_text())
+            return saved["username"], saved["password"]
+        except (OSError, ValueError, KeyError):
+            pass
+        username, password = "imgpipe-consumer", secrets.token_urlsafe(24)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.sasl_user_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"username": username, "password": password}, out)
+        return username, password
+
+    def sasl_settings(self) -> Settings:
+        """These settings, reaching Kafka through the authenticated listener as the SCRAM user."""
+        username, password = self.sasl_user()
+        return self.settings.with_overrides(
+            kafka_bootstrap_servers=f"127.0.0.1:{self.sasl_port}",
+            kafka_client_config={**self.settings.kafka_client_config,
+                                 **kafka.sasl_client_config(username, password)})
+
+    def start(self) -> Status:
+        status = super().start()
+        if status.healthy and self.pid() is not None:
+            # Over the loopback PLAINTEXT listener, as kafka-configs would; idempotent.
+            kafka.ensure_scram_user(self.settings, *self.sasl_user())
+        return status
+
+    @property
     def libs(self) -> Path:
         return self.dir / "libs"
 
@@ -234,7 +277,8 @@ class Kafka(Service):
         config = self.dir / "server.properties"
         config.write_text(template.substitute(
             port=self.host_port[1], controller_port=self.controller_port,
-            data_dir=self.dir / "data", partitions=self.settings.kafka_topic_partitions))
+            data_dir=self.dir / "data", partitions=self.settings.kafka_topic_partitions,
+            sasl_address="127.0.0.1", sasl_port=self.sasl_port, sasl_protocol="SASL_PLAINTEXT", sasl_tls=""))
         return config
 
     def format_storage(self, config: Path) -> None:

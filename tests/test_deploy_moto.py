@@ -99,7 +99,8 @@ def printed_outputs(stdout: str) -> dict[str, str]:
 def physical_ids(aws) -> dict[str, str]:
     resources = client(aws, "cloudformation").describe_stack_resources(StackName=aws["stack"])["StackResources"]
     # moto lists the resources it skipped (policies, wait condition) without ids.
-    return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources if "LogicalResourceId" in r}
+    return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources
+            if "LogicalResourceId" in r and r.get("PhysicalResourceId")}
 
 
 def test_up_creates_the_stack_and_prints_its_outputs(aws, capsys):
@@ -297,3 +298,48 @@ def test_the_module_runs_as_a_program(aws):
     help_text = subprocess.run([sys.executable, "-m", "deploy", "--help"], capture_output=True, text=True,
                                cwd=REPO_ROOT, timeout=60).stdout
     assert "python -m deploy up --ssh-cidr 203.0.113.7/32 --key-name my-key" in help_text
+
+
+def test_a_fleet_of_two_consumer_hosts_is_created_shown_and_deleted(aws, capsys):
+    """ConsumerHosts=2: the Auto Scaling group, its launch template, the CPU policy, the secret and
+    the two ingress rules exist, `status` shows the fleet, and `down` removes it all."""
+    code, out, err = run(capsys, *UP, "--parameter", "ConsumerHosts=2", "--parameter", "ConsumerHostsMax=3")
+    assert code == 0, err
+    outputs = printed_outputs(out)
+    # (moto 5.2.5's CloudFormation skips AWS::SecretsManager::Secret and AWS::AutoScaling::ScalingPolicy:
+    # FleetSecretArn and the CPU policy are checked on the template in test_deploy_template.py.)
+    assert {"FleetGroupName", "FleetKafkaBootstrap"} <= set(outputs)
+    assert outputs["FleetKafkaBootstrap"].endswith(":9094")
+    assert "fleet: 2 of 2 consumer host(s) in service (min 2, max 3; group " in out
+    ids = physical_ids(aws)
+    autoscaling, ec2 = client(aws, "autoscaling"), client(aws, "ec2")
+    [group] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[ids["FleetGroup"]])["AutoScalingGroups"]
+    assert (group["MinSize"], group["MaxSize"]) == (2, 3) and len(group["Instances"]) == 2
+    # The host's group lets the fleet's group, and only it, reach 9094 and 7700; nothing from 0.0.0.0/0.
+    [host_group] = ec2.describe_security_groups(GroupIds=[ids["HostSecurityGroup"]])["SecurityGroups"]
+    from_fleet = sorted(p["FromPort"] for p in host_group["IpPermissions"]
+                        if [g["GroupId"] for g in p.get("UserIdGroupPairs", [])] == [ids["FleetSecurityGroup"]])
+    assert from_fleet == [7700, 9094]
+    for permission in host_group["IpPermissions"]:
+        assert all(r["CidrIp"] != "0.0.0.0/0" for r in permission.get("IpRanges", []))
+    # The fleet's instances have the fleet's role, whose only policy is the consumer's.
+    iam = client(aws, "iam")
+    profile = iam.get_instance_profile(InstanceProfileName=ids["FleetInstanceProfile"])["InstanceProfile"]
+    [role] = profile["Roles"]
+    assert iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == ["consumer"]
+    # (The host's fleet-secret RolePolicy is not applied by moto either; the template test checks it.)
+
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "fleet: 2 of 2 consumer host(s) in service" in out
+
+    code, out, err = run(capsys, "down", "--yes")
+    assert code == 0, err
+    assert not autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[ids["FleetGroup"]])["AutoScalingGroups"]
+
+
+def test_without_a_fleet_nothing_of_it_is_made(aws, capsys):
+    code, out, err = run(capsys, *UP)
+    assert code == 0, err
+    ids = physical_ids(aws)
+    assert not {"FleetGroup", "FleetSecret", "HostKafkaFromFleet"} & set(ids)
+    assert "FleetGroupName" not in printed_outputs(out) and "fleet:" not in out

@@ -16,7 +16,10 @@ from imgpipe.settings import REPO_ROOT
 
 UNITS = REPO_ROOT / "deploy" / "systemd"
 SERVICES = {"kafka": "kafka", "meilisearch": "meilisearch", "producer": "imgpipe-producer",
-            "consumer": "imgpipe-consumer"}  # unit imgpipe-<name>.service -> its user
+            "consumer": "imgpipe-consumer", "enricher": "imgpipe-enricher"}  # unit imgpipe-<name>.service -> its user
+# The main host's services (imgpipe.target); the enricher runs on the fleet's hosts when enabled.
+HOST_SERVICES = ["kafka", "meilisearch", "producer", "consumer"]
+FLEET_DROP_INS = UNITS / "fleet"
 # Debian's systemd; `make test` installs it where it is missing (tools/ensure-debian-packages.sh).
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze"
 
@@ -51,8 +54,21 @@ def root(tmp_path_factory) -> Path:
         path.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     for path in UNITS.iterdir():
-        shutil.copy(path, root / "etc/systemd/system" / path.name)
+        if path.is_file():
+            shutil.copy(path, root / "etc/systemd/system" / path.name)
     return root
+
+
+@pytest.fixture(scope="module")
+def fleet_root(root, tmp_path_factory) -> Path:
+    """The same root with the fleet's drop-ins installed where setup.sh puts them."""
+    fleet = tmp_path_factory.mktemp("fleet-root")
+    shutil.copytree(root, fleet, symlinks=True, dirs_exist_ok=True)
+    for name in ("kafka", "meilisearch"):
+        target = fleet / f"etc/systemd/system/imgpipe-{name}.service.d/vpc.conf"
+        target.parent.mkdir(parents=True)
+        shutil.copy(FLEET_DROP_INS / f"{name}-vpc.conf", target)
+    return fleet
 
 
 def verify(root: Path, *names: str) -> subprocess.CompletedProcess:
@@ -62,9 +78,9 @@ def verify(root: Path, *names: str) -> subprocess.CompletedProcess:
 
 
 def test_every_unit_passes_systemd_analyze_verify_without_a_warning(root):
-    names = sorted(p.name for p in UNITS.iterdir())
-    assert names == ["imgpipe-consumer.service", "imgpipe-kafka.service", "imgpipe-meilisearch.service",
-                     "imgpipe-producer.service", "imgpipe.target"]
+    names = sorted(p.name for p in UNITS.iterdir() if p.is_file())
+    assert names == ["imgpipe-consumer.service", "imgpipe-enricher.service", "imgpipe-kafka.service",
+                     "imgpipe-meilisearch.service", "imgpipe-producer.service", "imgpipe.target"]
     result = verify(root, *names)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
@@ -92,7 +108,24 @@ def test_the_services_are_hardened_by_systemds_own_measure(root):
                              "--no-pager", *paths], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     levels = [float(x) for x in re.findall(r"Overall exposure level for imgpipe-\S+: (\d+\.\d+)", result.stdout)]
-    assert len(levels) == 4 and max(levels) <= 2.0
+    assert len(levels) == len(SERVICES) and max(levels) <= 2.0
+
+
+def test_the_fleets_drop_ins_verify_and_open_kafka_and_meilisearch_to_the_vpc_only(fleet_root):
+    result = verify(fleet_root, "imgpipe-kafka.service", "imgpipe-meilisearch.service")
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+    for name in ("kafka", "meilisearch"):
+        text = (FLEET_DROP_INS / f"{name}-vpc.conf").read_text()
+        allowed = re.findall(r"^IPAddressAllow=(.*)$", text, re.M)
+        assert allowed == ["10.80.0.0/16"], name  # the stack's VPC (deploy/imgpipe.yaml), added to localhost
+    assert "10.80.0.0/16" in (REPO_ROOT / "deploy/imgpipe.yaml").read_text()
+    meili = (FLEET_DROP_INS / "meilisearch-vpc.conf").read_text()
+    assert "ExecStart=\n" in meili and "--http-addr 0.0.0.0:7700" in meili
+    # The drop-in changes only the address: the rest of the command line is the unit's.
+    base = unit("meilisearch")["Service"]["ExecStart"][0]
+    override = re.sub(r"\\\n\s*", " ", meili).split("ExecStart=")[-1].strip().splitlines()[0]
+    assert override == base.replace("127.0.0.1:7700", "0.0.0.0:7700")
+
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -117,10 +150,15 @@ def test_kafka_and_meilisearch_listen_on_loopback_only():
     assert "/etc/imgpipe/kafka/server.properties" in kafka["ExecStart"][0]
     # setup.sh renders the local stack's template; it binds every listener to 127.0.0.1.
     template = (REPO_ROOT / "stack/kafka/server.properties.template").read_text()
-    listeners = re.search(r"^listeners=(.*)$", template, re.M).group(1)
-    assert all(part.split("://")[1].startswith("127.0.0.1:") for part in listeners.split(","))
-    for placeholder in ("${port}", "${controller_port}", "${data_dir}", "${partitions}"):
-        assert placeholder in template  # what setup.sh substitutes
+    listeners = dict(part.split("://") for part in re.search(r"^listeners=(.*)$", template, re.M).group(1).split(","))
+    # The unauthenticated listeners on loopback; the SASL one where set-up puts it (127.0.0.1 without
+    # a fleet, the private address with one) and always authenticated with SCRAM-SHA-512.
+    assert listeners["PLAINTEXT"].startswith("127.0.0.1:") and listeners["CONTROLLER"].startswith("127.0.0.1:")
+    assert listeners["SASL"] == "${sasl_address}:${sasl_port}"
+    assert "listener.name.sasl.sasl.enabled.mechanisms=SCRAM-SHA-512" in template
+    assert "SASL:${sasl_protocol}" in template
+    for placeholder in ("${port}", "${controller_port}", "${data_dir}", "${partitions}", "${sasl_tls}"):
+        assert placeholder in template  # what provision.py kafka-config substitutes
     for name in ("kafka", "meilisearch"):
         service = unit(name)["Service"]
         assert service["IPAddressDeny"] == ["any"] and service["IPAddressAllow"] == ["localhost"]
@@ -133,13 +171,15 @@ def test_each_process_gets_only_the_meilisearch_key_it_needs():
         "meilisearch": ["/etc/imgpipe/meilisearch.env"],  # MEILI_MASTER_KEY: the server itself only
         "producer": ["/etc/imgpipe/pipeline.env"],  # no key at all
         "consumer": ["/etc/imgpipe/pipeline.env", "/etc/imgpipe/consumer.env"],  # its limited key
+        "enricher": ["/etc/imgpipe/pipeline.env", "/etc/imgpipe/enricher.env"],  # the same limited key
     }
     for name in SERVICES:
         assert "MEILI" not in " ".join(unit(name)["Service"].get("Environment", []))
     setup = (REPO_ROOT / "deploy/host/setup.sh").read_text()
     # pipeline.env, which every pipeline process reads, is written without any key in it.
-    pipeline_env = re.search(r"cat > \$ETC/pipeline.env <<EOF\n(.*?)\nEOF", setup, re.S).group(1)
-    assert "KEY" not in pipeline_env
+    pipeline_envs = re.findall(r"cat > \$ETC/pipeline.env <<EOF\n(.*?)\nEOF", setup, re.S)
+    assert len(pipeline_envs) == 2  # the main host's and a fleet host's
+    assert all("KEY" not in env and "PASSWORD" not in env and "CLIENT_CONFIG" not in env for env in pipeline_envs)
     assert "--consumer-env $ETC/consumer.env --consumer-owner imgpipe-consumer" in setup
 
 
@@ -163,7 +203,7 @@ def test_the_host_setup_script_and_the_helper_it_installs_are_valid_bash(tmp_pat
 def test_the_target_pulls_in_every_service():
     parser = configparser.ConfigParser()
     parser.read(UNITS / "imgpipe.target")
-    assert sorted(parser["Unit"]["Wants"].split()) == sorted(f"imgpipe-{n}.service" for n in SERVICES)
+    assert sorted(parser["Unit"]["Wants"].split()) == sorted(f"imgpipe-{n}.service" for n in HOST_SERVICES)
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 

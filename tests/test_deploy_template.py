@@ -20,7 +20,9 @@ SUB_VALUES = {"AWS::StackName": "imgpipe", "AWS::Region": "us-east-1", "GitRef":
               "EventQueue": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
               "SetupWaitHandle": "https://cloudformation-waitcondition-us-east-1.s3.amazonaws.com/x?sig=1",
               "EmrServiceRole": "imgpipe-EmrServiceRole-1", "EmrInstanceProfile": "imgpipe-EmrInstanceProfile-1",
-              "PublicSubnet": "subnet-0123"}
+              "PublicSubnet": "subnet-0123", "FleetSecretArn": "", "FleetMaxHosts": "0", "FleetHostVcpus": "2",
+              "EnricherEnabled": "false", "Host.PrivateIp": "10.80.0.10", "ConsumerHostsMax": "4",
+              "FleetSecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:imgpipe-fleet-AbCdEf"}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,12 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def user_data(resources: dict) -> str:
-    """The user data as the host gets it, with the stack's values in place of ${...}."""
-    text = resources["Host"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+def user_data(resources: dict, name: str = "Host") -> str:
+    """The user data as the host (or a fleet host: name FleetLaunchTemplate) gets it, with the
+    stack's values in place of ${...}."""
+    props = resources[name]["Properties"]
+    props = props.get("LaunchTemplateData", props)
+    text, _ = props["UserData"]["Fn::Base64"]["Fn::Sub"]
     return re.sub(r"\$\{([^}!]+)\}", lambda m: SUB_VALUES[m.group(1)], text)
 
 
@@ -99,14 +104,77 @@ def test_create_needs_cidr_key_repository_and_ref(template):
         assert f"{name} is required" in str(raised.value)
 
 
-def test_only_ssh_from_the_given_cidr_comes_in(resources):
+def test_only_ssh_from_the_given_cidr_comes_in_and_the_fleet_reaches_kafka_and_meilisearch_only(resources):
     groups = of_type(resources, "AWS::EC2::SecurityGroup")
-    assert list(groups) == ["HostSecurityGroup"]
-    assert not of_type(resources, "AWS::EC2::SecurityGroupIngress")
+    assert sorted(groups) == ["FleetSecurityGroup", "HostSecurityGroup"]
     [rule] = groups["HostSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert rule == {**rule, "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": {"Ref": "SshCidr"}}
     assert "CidrIpv6" not in rule
     assert resources["Host"]["Properties"]["SecurityGroupIds"] == [{"Ref": "HostSecurityGroup"}]
+    # The fleet: SSH only through the host; no CIDR at all.
+    [fleet_rule] = groups["FleetSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert fleet_rule["SourceSecurityGroupId"] == {"Ref": "HostSecurityGroup"} and fleet_rule["FromPort"] == 22
+    # The host's Kafka SASL_SSL listener and MeiliSearch: from the fleet's group, nothing else.
+    extra = of_type(resources, "AWS::EC2::SecurityGroupIngress")
+    assert {(r["Properties"]["FromPort"], r["Properties"]["ToPort"]) for r in extra.values()} == {(9094, 9094),
+                                                                                                 (7700, 7700)}
+    for name, ingress in extra.items():
+        props = ingress["Properties"]
+        assert ingress["Condition"] == "HasFleet", name
+        assert props["GroupId"] == {"Ref": "HostSecurityGroup"}, name
+        assert props["SourceSecurityGroupId"] == {"Ref": "FleetSecurityGroup"}, name
+        assert not {"CidrIp", "CidrIpv6"} & set(props), name
+
+
+def test_the_fleet_is_an_auto_scaling_group_tracking_cpu_and_replaced_on_a_new_launch_template(template, resources):
+    assert template["Parameters"]["ConsumerHosts"]["Default"] == 0  # no fleet unless asked
+    assert template["Conditions"]["HasFleet"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ConsumerHosts"}, 0]}]}
+    fleet = {name for name, r in resources.items() if r.get("Condition") == "HasFleet"}
+    assert {"FleetGroup", "FleetLaunchTemplate", "FleetCpuTracking", "FleetRole", "FleetInstanceProfile",
+            "FleetSecret", "FleetSecurityGroup", "HostKafkaFromFleet", "HostMeiliFromFleet", "HostFleetSecretPolicy"} == fleet
+    group = resources["FleetGroup"]
+    assert group["Properties"]["MinSize"] == {"Ref": "ConsumerHosts"}
+    assert group["Properties"]["MaxSize"] == {"Ref": "ConsumerHostsMax"}
+    assert group["Properties"]["LaunchTemplate"]["Version"] == {
+        "Fn::GetAtt": ["FleetLaunchTemplate", "LatestVersionNumber"]}
+    assert group["UpdatePolicy"]["AutoScalingRollingUpdate"]["MaxBatchSize"] == 1
+    assert "SetupDone" in group["DependsOn"]  # the host has put the credentials in the secret first
+    tracking = resources["FleetCpuTracking"]["Properties"]
+    assert tracking["PolicyType"] == "TargetTrackingScaling"
+    assert tracking["TargetTrackingConfiguration"]["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "ASGAverageCPUUtilization"}
+    data = resources["FleetLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert all(d["Ebs"]["Encrypted"] is True for d in data["BlockDeviceMappings"])
+    assert data["IamInstanceProfile"] == {"Arn": {"Fn::GetAtt": ["FleetInstanceProfile", "Arn"]}}
+    # The secret is made empty: the host generates its contents, never the template.
+    assert set(resources["FleetSecret"]["Properties"]) == {"Description"}
+
+
+def test_the_fleet_runs_the_same_cloud_init_with_the_consumer_role(resources):
+    host, fleet = yaml.safe_load(user_data(resources)), yaml.safe_load(user_data(resources, "FleetLaunchTemplate"))
+    host_files = {f["path"]: f for f in host["write_files"]}
+    fleet_files = {f["path"]: f for f in fleet["write_files"]}
+    bootstrap = "/usr/local/sbin/imgpipe-bootstrap"
+    assert host_files[bootstrap] == fleet_files[bootstrap] and host["runcmd"] == fleet["runcmd"]
+    assert "/etc/imgpipe/setup-signal-url" not in fleet_files  # nothing waits for a fleet host
+    env = dict(line.split("=", 1) for line in fleet_files["/etc/imgpipe/deploy.env"]["content"].splitlines())
+    assert env["IMGPIPE_ROLE"] == "consumer" and env["IMGPIPE_MAIN_HOST"] == "10.80.0.10"
+    assert env["IMGPIPE_ENRICHER"] == "false" and env["FLEET_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
+    assert not {"openjdk-17-jre-headless", "maven", "npm"} & set(fleet["packages"])  # no Kafka, no MeiliSearch
+    host_env = dict(line.split("=", 1) for line in host_files["/etc/imgpipe/deploy.env"]["content"].splitlines())
+    assert host_env["IMGPIPE_ROLE"] == "main"
+    for text in (user_data(resources), user_data(resources, "FleetLaunchTemplate")):
+        assert "MEILI" not in text and "PASSWORD" not in text.upper() and "BEGIN" not in text
+
+
+@pytest.mark.parametrize("name", ["Host", "FleetLaunchTemplate"])
+def test_the_fleet_user_data_passes_cloud_init_schema_too(resources, tmp_path, name):
+    path = tmp_path / "user-data.yaml"
+    path.write_text(user_data(resources, name))
+    result = subprocess.run([shutil.which("cloud-init") or "cloud-init", "schema", "--config-file", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
 
 
 def test_the_host_requires_imdsv2_and_encrypts_its_disk(resources):
@@ -147,7 +215,7 @@ def test_only_this_bucket_of_this_account_may_send_to_the_queue(resources):
 
 def test_iam_statements_are_scoped(resources):
     roles = of_type(resources, "AWS::IAM::Role")
-    assert set(roles) == {"HostRole", "EmrServiceRole", "EmrInstanceRole"}
+    assert set(roles) == {"HostRole", "EmrServiceRole", "EmrInstanceRole", "FleetRole"}
     for name, role in roles.items():
         for statement in statements(role):
             assert statement["Effect"] == "Allow", name
@@ -166,6 +234,18 @@ def test_iam_statements_are_scoped(resources):
                                                        {"Fn::GetAtt": ["EmrInstanceRole", "Arn"]}]
     assert roles["EmrServiceRole"]["Properties"]["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonEMRServicePolicy_v2"}]
+    # The fleet: raw images in, derived images out, its secret; nothing else.
+    fleet = {s["Sid"]: s for s in statements(roles["FleetRole"])}
+    assert {sid: (sorted(as_list(s["Action"])), s["Resource"]) for sid, s in fleet.items()} == {
+        "ReadRawImages": (["s3:GetObject"], {"Fn::Sub": "${ImageBucket.Arn}/${RawPrefix}*"}),
+        "WriteDerivedImages": (["s3:DeleteObject", "s3:PutObject"], {"Fn::Sub": "${ImageBucket.Arn}/${ProcessedPrefix}*"}),
+        "ReadFleetSecret": (["secretsmanager:GetSecretValue"], {"Ref": "FleetSecret"}),
+    }
+    host_secret = resources["HostFleetSecretPolicy"]
+    assert host_secret["Condition"] == "HasFleet" and host_secret["Properties"]["RoleName"] == {"Ref": "HostRole"}
+    [statement] = host_secret["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == {"Ref": "FleetSecret"}
+    assert sorted(statement["Action"]) == ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
     nodes = statements(roles["EmrInstanceRole"])
     assert {"Fn::Sub": "${ImageBucket.Arn}/emr/*"} in [s["Resource"] for s in nodes]
 

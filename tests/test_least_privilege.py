@@ -120,7 +120,7 @@ def test_in_compose_only_the_server_and_the_one_shot_set_up_hold_the_master_key(
 
 # --- systemd, on the AWS host ------------------------------------------------------------------
 UNITS_EXPECTED = {"imgpipe-kafka": set(), "imgpipe-meilisearch": {MASTER}, "imgpipe-producer": set(),
-                  "imgpipe-consumer": {CONSUMER}}
+                  "imgpipe-consumer": {CONSUMER}, "imgpipe-enricher": {CONSUMER}}
 
 
 def setup_script() -> str:
@@ -138,6 +138,11 @@ def host_env_files() -> dict[str, dict[str, str]]:
     for role in access.ROLES:
         path = re.search(rf"--{role}-env (\S+)", provision).group(1).replace("$ETC", "/etc/imgpipe")
         files[path] = role_file(role)
+    # A fleet host's enricher gets what provision.py fleet-join writes: the consumer's key.
+    join = re.search(r"provision\.py\" fleet-join(.*?)\)", script, re.S).group(1)
+    assert "--consumer-env $ETC/consumer.env" in join
+    enricher = re.search(r"--enricher-env (\S+)", script).group(1).replace("$ETC", "/etc/imgpipe")
+    files[enricher] = role_file("consumer")
     return files
 
 

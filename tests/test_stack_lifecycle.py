@@ -18,11 +18,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def free_port_block() -> int:
-    """A base port p with p, p+1 (Kafka controller), p+2 and p+3 all free."""
+    """A base port p with p, p+1 (Kafka controller), p+2, p+3 and p+4 (Kafka's SASL listener) all free."""
     for base in range(29100, 29900, 10):
         sockets = []
         try:
-            for offset in range(4):
+            for offset in range(5):
                 s = socket.socket()
                 s.bind(("127.0.0.1", base + offset))
                 sockets.append(s)
@@ -45,7 +45,7 @@ def private_stack(stack, state: Path):
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{base}", "MEILI_URL": f"http://127.0.0.1:{base + 2}",
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{base + 3}", "LOCAL_STATE_DIR": str(state),
         "MEILI_ADMIN_KEY": "", "MEILI_SEARCH_KEY": ""})
-    env = {**os.environ, **to_env(private), "KAFKA_CONTROLLER_PORT": str(base + 1),
+    env = {**os.environ, **to_env(private), "KAFKA_CONTROLLER_PORT": str(base + 1), "KAFKA_SASL_PORT": str(base + 4),
            "MEILI_BINARY": str(MeiliSearch(stack).binary), "VERSITYGW_BINARY": str(S3(stack).binary)}
 
     def stack_cli(command: str) -> subprocess.CompletedProcess:
