@@ -47,6 +47,13 @@ class Settings:
     s3_fast_path: bool = True
     # The SQS queue receiving the bucket's S3 Event Notifications (producer --sqs-queue-url).
     sqs_queue_url: str = ""
+    # The Kafka topic an S3 server publishes its bucket notifications to (the local stack's
+    # versitygw, MinIO, Ceph RGW): `make up` creates it and turns versitygw's notifications on;
+    # producer --notifications-topic reads it. Empty: no notifications.
+    s3_notifications_topic: str = "s3-notifications"
+    # How that server writes object keys in a notification: "none" as they are (versitygw), "url"
+    # URL-encoded with + for a space (AWS, MinIO).
+    s3_notifications_key_encoding: str = "none"
     # MeiliSearch
     meili_url: str = "http://127.0.0.1:7700"
     meili_master_key: str = field(default="", repr=False)
@@ -110,6 +117,8 @@ ENV_VARS: dict[str, str] = {
     "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
     "S3_FAST_PATH": "s3_fast_path",
     "SQS_QUEUE_URL": "sqs_queue_url",
+    "S3_NOTIFICATIONS_TOPIC": "s3_notifications_topic",
+    "S3_NOTIFICATIONS_KEY_ENCODING": "s3_notifications_key_encoding",
     "MEILI_URL": "meili_url",
     "MEILI_MASTER_KEY": "meili_master_key",
     "MEILI_ADMIN_KEY": "meili_admin_key",
@@ -135,6 +144,7 @@ _POSITIVE_INTS = {"kafka_topic_partitions", "consumer_batch_size", "consumer_bat
                   "max_object_bytes", "max_image_pixels", "thumbnail_size", "max_decode_bytes"}
 _POSITIVE_FLOATS = {"processing_timeout_seconds"}
 _ZERO_OK_INTS = {"consumer_workers", "grayscale_max_size", "worker_memory_mb", "metrics_port"}
+KEY_ENCODINGS = ("none", "url")  # S3_NOTIFICATIONS_KEY_ENCODING
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -176,6 +186,10 @@ def _parse(attr: str, raw: str):
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of librdkafka options")
         return {str(k): str(v) for k, v in value.items()}
+    if attr == "s3_notifications_key_encoding":
+        if raw.lower() not in KEY_ENCODINGS:
+            raise ValueError(f"must be one of {', '.join(KEY_ENCODINGS)}, got {raw!r}")
+        return raw.lower()
     if attr == "s3_allowed_buckets":
         return tuple(b.strip() for b in raw.split(",") if b.strip())
     if attr == "local_state_dir":
@@ -228,6 +242,9 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
             problems.append(f"{ENV_VAR_OF[name]} must not be empty")
     if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
         problems.append("KAFKA_DEAD_LETTER_TOPIC must differ from KAFKA_TOPIC")
+    if settings.s3_notifications_topic in (settings.kafka_topic, settings.kafka_dead_letter_topic):
+        problems.append("S3_NOTIFICATIONS_TOPIC must differ from KAFKA_TOPIC and KAFKA_DEAD_LETTER_TOPIC "
+                        "(notifications are the producer's input, events its output)")
     problems += _overlapping_prefixes(settings)
     if settings.metrics_port > 65535:
         problems.append(f"METRICS_PORT must be a TCP port (1-65535) or 0, got {settings.metrics_port}")
