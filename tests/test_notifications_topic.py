@@ -1,0 +1,117 @@
+"""The notifications producer (`--notifications-topic`) with the local stack's real versitygw, which
+publishes its bucket notifications to Kafka: every created or removed object under the prefix
+becomes one event with what the bucket holds (the notification's order and sequencer are not
+trusted), malformed notifications are dead letters with a reason, and offsets are committed only
+after Kafka acknowledged the events."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgpipe import kafka, s3
+from imgpipe.events import parse_event
+from producer.topic_mode import notifications_group, skip_backlog
+from tests.helpers import read_topic, run_script, upload, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def produce_from_topic(settings, topic, tmp_path, *extra: str):
+    summary = tmp_path / "producer.json"
+    result = run_script("producer/image_producer.py",
+                        ["--no-progress", "--notifications-topic", topic, "--max-idle-seconds", "3",
+                         "--summary-json", str(summary), *extra], settings)
+    return result, json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def events_of(settings, expected: int) -> list:
+    return [parse_event(m.value()) for m in read_topic(settings, settings.kafka_topic, expected, timeout=20)]
+
+
+def record(bucket: str, key: str, name: str = "ObjectCreated:Put", sequencer: str = "1", **object_fields) -> dict:
+    """One record as versitygw v1.8.0 writes it (key as it is, second-resolution eventTime)."""
+    return {"eventVersion": "2.2", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-12-03T10:15:07Z", "eventName": f"s3:{name}",
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "webhook-global", "bucket": {"name": bucket},
+                   "object": {"key": key, "size": 5, "eTag": '"x"', "sequencer": sequencer, **object_fields}}}
+
+
+def test_versitygw_notifications_become_events_of_what_the_bucket_holds(settings, tmp_path):
+    topic = settings.s3_notifications_topic
+    skip_backlog(settings, topic, notifications_group(settings))
+    client = s3.client(settings)
+    bodies = {"a b+c.jpg": b"one", "ünï/é%20x.png": b"two!", "kept.jpg": b"three", "gone.jpg": b"four",
+              "batch-gone.jpg": b"five"}
+    keys = upload(settings, bodies)
+    prefix = settings.s3_raw_prefix
+    client.copy_object(Bucket=settings.s3_bucket, Key=prefix + "copy.jpg",
+                       CopySource={"Bucket": settings.s3_bucket, "Key": prefix + "kept.jpg"})
+    client.delete_object(Bucket=settings.s3_bucket, Key=prefix + "gone.jpg")
+    client.delete_objects(Bucket=settings.s3_bucket, Delete={"Objects": [{"Key": prefix + "batch-gone.jpg"}]})
+    outside = settings.s3_processed_prefix + "derived.jpg"
+    s3.put(client, settings.s3_bucket, outside, b"derived", "image/jpeg")
+
+    result, summary = produce_from_topic(settings, topic, tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = events_of(settings, 7)
+    last = {e.key: e for e in events}
+    assert set(last) == set(keys) | {prefix + "copy.jpg"}, [e.key for e in events]
+    for name, body in bodies.items():
+        event = last[prefix + name]
+        if name.endswith("gone.jpg"):
+            assert event.action == "delete", name
+        else:  # keys exactly as uploaded (a + and a %20 stay), size and ETag as the bucket says
+            assert (event.action, event.size) == ("upsert", len(body)), name
+            assert event.etag == s3.head(client, settings.s3_bucket, prefix + name)["ETag"].strip('"')
+    assert last[prefix + "copy.jpg"].size == len(b"three")  # versitygw's copy notification says size 0
+    assert all(e.sequencer is None for e in events)  # versitygw's counter restarts with it: never forwarded
+    assert summary["upserts"] + summary["deletes"] == len(events) and summary["failed"] == 0
+    assert summary["ignored"] >= 1  # the derived image, outside the prefix
+    group = notifications_group(settings)
+    assert kafka.committed_offsets(settings, topic, group) == kafka.end_offsets(settings, topic)
+
+
+def test_malformed_test_and_outside_records_are_counted_and_the_bucket_decides_the_order(settings, unique, tmp_path):
+    topic = f"test-{unique}-notifications"
+    kafka.ensure_topics(settings, [topic], partitions=1)
+    client = s3.client(settings)
+    prefix, bucket = settings.s3_raw_prefix, settings.s3_bucket
+    upload(settings, {"there.jpg": b"here I am"})
+    notifications = [
+        {"Service": "S3", "Event": "s3:TestEvent", "Bucket": "Test-Bucket"},
+        # Arrived in the wrong order: the removal of an object that exists, the creation of one that
+        # is gone, with sequencers that would say the opposite.
+        {"Records": [record(bucket, prefix + "there.jpg", "ObjectCreated:Put", "2")]},
+        {"Records": [record(bucket, prefix + "there.jpg", "ObjectRemoved:Delete", "1")]},
+        {"Records": [record(bucket, prefix + "never-was.jpg", "ObjectCreated:Put", "3")]},
+        {"Records": [record("another-bucket", prefix + "x.jpg")]},
+        {"Records": [record(bucket, prefix + "x.jpg", "ObjectTagging:Put")]},
+    ]
+    producer = kafka.producer(settings)
+    for value in notifications:
+        producer.produce(topic, value=json.dumps(value).encode())
+    for junk in (b"not json", b"\xff\xfe", json.dumps({"Records": [{"eventName": 5}]}).encode()):
+        producer.produce(topic, value=junk)
+    assert producer.flush(10) == 0
+
+    result, summary = produce_from_topic(settings, topic, tmp_path)
+    assert result.returncode == 1, result.stderr  # dead letters: exit 1, as the SQS mode's malformed messages
+    events = events_of(settings, 2)
+    assert [(e.key, e.action, e.size) for e in events] == [
+        (prefix + "there.jpg", "upsert", len(b"here I am")), (prefix + "never-was.jpg", "delete", 0)]
+    assert (summary["test_events"], summary["dead_lettered"], summary["superseded"],
+                                        summary["corrected"]) == (1, 3, 1, 2)
+    assert summary["ignored"] == 2
+    letters = read_topic(settings, settings.kafka_dead_letter_topic, 3, timeout=20)
+    reasons = sorted(dict(m.headers())["reason"].decode() for m in letters)
+    assert reasons == ["a record has no eventName", "the body is not JSON", "the message is not UTF-8 text (byte 0)"]
+    assert {dict(m.headers())["stage"] for m in letters} == {b"notification"}
+    assert b"not json" in [m.value() for m in letters]
+    assert kafka.committed_offsets(settings, topic, notifications_group(settings)) == {0: len(notifications) + 3}
+    kafka.delete_topics(settings, [topic])
+
+
+def test_a_notification_topic_that_is_the_event_topic_is_refused(settings):
+    result = run_script("producer/image_producer.py", ["--notifications-topic", settings.kafka_topic], settings)
+    assert result.returncode == 2 and "own output" in result.stderr and "Traceback" not in result.stderr
