@@ -20,11 +20,12 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from imgpipe import kafka, s3
 from imgpipe.errors import MessageError
-from imgpipe.events import DELETE, MAX_EVENT_BYTES, ImageEvent, event_for_object
+from imgpipe.events import DELETE, MAX_EVENT_BYTES, ImageEvent, event_for_object, parse_iso, to_iso
 from imgpipe.retry import Stopped, retry_until_stopped
 from imgpipe.settings import Settings
 from producer.notifications import MalformedNotification, parse_notification
@@ -37,6 +38,18 @@ BATCH_MESSAGES = 500
 STATUS_EVERY_SECONDS = 10.0
 MAX_NOTIFICATION_BYTES = 256 * 1024  # a notification is a few hundred bytes: anything far larger is junk
 DEAD_LETTER_STAGE = "notification"
+
+
+def refined_event_time(event_time: str, timestamp: tuple[int, int]) -> str:
+    """The notification's eventTime, to the millisecond where the server wrote whole seconds
+    (versitygw): the Kafka message's CreateTime when it falls in that second (the server wrote it
+    right after the change). Latency measured from a time cut to the second would be up to 1 s long."""
+    moment = parse_iso(event_time)
+    kind, millis = timestamp
+    if moment is None or moment.microsecond or kind != 1 or millis <= 0:  # 1: TIMESTAMP_CREATE_TIME
+        return event_time
+    created = datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+    return to_iso(created) if 0 <= (created - moment).total_seconds() < 1 else event_time
 
 
 def notifications_group(settings: Settings) -> str:
@@ -184,6 +197,7 @@ class TopicProducer:
             tests += notification.test_event
             ignored += len(notification.skipped)
             for event in notification.events:
+                event = replace(event, event_time=refined_event_time(event.event_time, msg.timestamp()))
                 if event.bucket == self.bucket and event.key.startswith(self.prefix):
                     where = (event.bucket, event.key)
                     if where in latest:
