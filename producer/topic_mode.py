@@ -122,7 +122,7 @@ class TopicProducer:
         idle_since = time.monotonic()
         try:
             while not self.stop.is_set():
-                messages = [m for m in self.reader.consume(BATCH_MESSAGES, timeout=1.0) if self._usable(m)]
+                messages = self._next_batch()
                 if messages:
                     self._handle_until_done(messages)
                     idle_since = time.monotonic()
@@ -135,6 +135,14 @@ class TopicProducer:
             self.dead_letters.flush(FLUSH_SECONDS)
             self.reader.close()
         return self.report
+
+    def _next_batch(self) -> list:
+        """What is there now, up to BATCH_MESSAGES, waiting up to 1 s for the first (consume() alone
+        would wait the whole second for a full batch: a second of latency on every trickle)."""
+        first = self.reader.poll(1.0)
+        if first is None:
+            return []
+        return [m for m in [first, *self.reader.consume(BATCH_MESSAGES - 1, timeout=0)] if self._usable(m)]
 
     def _usable(self, msg) -> bool:
         if msg.error() is None:
@@ -160,7 +168,7 @@ class TopicProducer:
             pause = min(pause * 2, 30.0)
             messages = []
             while not messages and not self.stop.is_set():
-                messages = [m for m in self.reader.consume(BATCH_MESSAGES, timeout=1.0) if self._usable(m)]
+                messages = self._next_batch()
 
     def _status_line(self) -> None:
         if time.monotonic() - self._last_status < STATUS_EVERY_SECONDS:

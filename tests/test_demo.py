@@ -23,7 +23,14 @@ def test_demo_on_a_small_corpus_reports_what_the_stack_holds(settings, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((out / "demo_summary.json").read_text())
 
-    docs = all_documents(settings)
+    # The real-time step at the end: uploads through the S3 server's notifications, one deleted again.
+    live = report["live"]
+    everything = {d["key"] for d in all_documents(settings)}
+    uploaded = {key for key, _ in live["uploads"]}
+    assert len(uploaded) == 5 and live["deleted_key"] in uploaded
+    assert uploaded - {live["deleted_key"]} <= everything and live["deleted_key"] not in everything
+    assert "real time: PUT -> searchable" in result.stdout
+    docs = [d for d in all_documents(settings) if not d["key"].startswith(settings.s3_raw_prefix + "live/")]
     assert report["index_documents"] == report["indexed"] == len(docs)
     assert report["indexed"] + report["dead_lettered"] == report["produced"] == report["uploaded"]
     assert report["dead_lettered"] == len(BROKEN_FILES)
