@@ -151,21 +151,19 @@ class TopicProducer:
         return False
 
     def _handle_until_done(self, messages: list) -> None:
-        """Handle one batch; if Kafka did not acknowledge all of it, read it again from its start
-        (after a pause) until it does or a stop comes. Nothing is committed past a failure."""
-        from confluent_kafka import TopicPartition
-
+        """Handle one batch; if Kafka did not acknowledge all of it, read it again from the last
+        commit (a new member of the group starts there) after a pause, until it is done or a stop
+        comes. Nothing is committed past a failure."""
         pause = 1.0
         while not self.handle(messages):
-            firsts: dict[int, int] = {}
-            for msg in messages:
-                firsts.setdefault(msg.partition(), msg.offset())
-            for partition, offset in firsts.items():
-                self.reader.seek(TopicPartition(self.topic, partition, offset))
             log.warning("Kafka did not acknowledge every event of this batch: reading it again in %.0f s", pause)
+            self.reader.close()
             if self.stop.wait(pause):
+                self.reader = kafka.consumer(self.settings, group_id=self.group)  # run() closes it
                 return
             pause = min(pause * 2, 30.0)
+            self.reader = kafka.consumer(self.settings, group_id=self.group)
+            self.reader.subscribe([self.topic])
             messages = []
             while not messages and not self.stop.is_set():
                 messages = self._next_batch()

@@ -166,3 +166,40 @@ def test_what_notifications_miss_while_kafka_is_down_reconcile_finds(stack, sett
     # versitygw's Kafka writer reconnects: notifications work again after the outage.
     upload(settings, {"after.png": image["after.png"]})
     assert settle() == ["added-while-down.png", "after.png", "also-added.png", "kept.png"]
+
+
+def test_offsets_are_committed_only_after_kafka_acknowledged_the_events(settings, unique, tmp_path):
+    """A topic whose broker refuses every event: the notifications are read again and again, never
+    committed; with a topic that takes them, the same notifications go through and are committed."""
+    import signal
+    import time
+
+    from tests.helpers import start_script
+
+    topic = f"test-{unique}-notifications"
+    kafka.ensure_topics(settings, [topic], partitions=1)
+    tiny = f"{settings.kafka_topic}-tiny"
+    kafka.ensure_topics(settings, [tiny], partitions=1, config={"max.message.bytes": "64"})
+    keys = upload(settings, {"a.jpg": b"a", "b.jpg": b"b"})
+    producer = kafka.producer(settings)
+    for key in keys:
+        producer.produce(topic, value=json.dumps({"Records": [record(settings.s3_bucket, key)]}).encode())
+    assert producer.flush(10) == 0
+    group = notifications_group(settings)
+
+    log = tmp_path / "refused.log"
+    refused = start_script("producer/image_producer.py", ["--notifications-topic", topic, "--no-progress",
+                                                          "--summary-json", str(tmp_path / "refused.json")],
+                           settings.with_overrides(kafka_topic=tiny), log)
+    wait_for(lambda: log.read_text().count("reading it again") >= 2, 60, "the batch read again")
+    refused.send_signal(signal.SIGTERM)
+    assert refused.wait(timeout=60) == 1, log.read_text()[-2000:]
+    assert json.loads((tmp_path / "refused.json").read_text())["committed"] == 0
+    assert kafka.committed_offsets(settings, topic, group)[0] < 0  # nothing committed
+
+    result, summary = produce_from_topic(settings, topic, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert summary["upserts"] == 2 and summary["committed"] == 2
+    assert sorted(e.key for e in events_of(settings, 2)) == sorted(keys)
+    assert kafka.committed_offsets(settings, topic, group) == {0: 2}
+    kafka.delete_topics(settings, [topic, tiny])
