@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgpipe import cli, kafka, s3
-from imgpipe.errors import UserError
+from imgpipe.errors import NOT_FOUND, UserError
 from imgpipe.events import ImageEvent, event_for_object, utc_now_iso
 from imgpipe.retry import Stopped
 from imgpipe.settings import Settings, load_settings
@@ -274,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                             "KAFKA_DEAD_LETTER_TOPIC): read the S3 server's notification topic instead")
         kafka.check_topic(settings, topic)
         kafka.check_topic(settings, settings.kafka_topic)
+        try:  # each notification is checked against the bucket: it must be there
+            s3.head_bucket(s3.client(settings), bucket)
+        except s3.S3Error as exc:
+            if exc.missing_bucket or exc.kind == NOT_FOUND:  # HEAD answers a bare 404
+                raise UserError(f"bucket {bucket!r} does not exist") from None
+            raise
         group = notifications_group(settings)
         if args.skip_backlog:
             ends = skip_backlog(settings, topic, group)

@@ -264,7 +264,8 @@ class TopicProducer:
     def _as_the_bucket_says(self, event: ImageEvent) -> ImageEvent:
         """The event of what the bucket holds under this key now (see the module docstring); raises
         Stopped when a stop comes while S3 is failing."""
-        found = retry_until_stopped(lambda: s3.head(self.s3, event.bucket, event.key), self.stop)
+        # An outage is waited out; a refusal (credentials, policy) is not, and stops the producer.
+        found = retry_until_stopped(lambda: s3.head(self.s3, event.bucket, event.key), self.stop, only_transient=True)
         if found is None:
             return ImageEvent.deletion(event.bucket, event.key, event.event_time)
         confirmed = event_for_object(event.bucket, found)

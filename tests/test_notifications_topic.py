@@ -203,3 +203,9 @@ def test_offsets_are_committed_only_after_kafka_acknowledged_the_events(settings
     assert sorted(e.key for e in events_of(settings, 2)) == sorted(keys)
     assert kafka.committed_offsets(settings, topic, group) == {0: 2}
     kafka.delete_topics(settings, [topic, tiny])
+
+
+def test_a_missing_bucket_is_a_settings_mistake(settings, unique):
+    result = run_script("producer/image_producer.py", ["--notifications-topic", "--max-idle-seconds", "1"],
+                        settings.with_overrides(s3_bucket=f"no-such-bucket-{unique}"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
