@@ -6,8 +6,8 @@ producer, drains the topic with the consumer, exports the index to CSV, runs the
 job (real Hadoop in local mode when Java is present, else the shell pipe), and draws the
 tables, charts and previews. It ends in real time: a few uploads with a plain S3 client while
 the producer reads the S3 server's bucket notifications and the consumer runs, each upload's
-time to searchable, and a delete that leaves the index. The stack stays up afterwards; `make
-down` stops it.
+time to searchable, and a delete that leaves the index (then the other uploads are deleted
+too). The stack stays up afterwards; `make down` stops it.
 
 Exit status: 0 every step worked and the numbers agree, 1 a step failed or they disagree,
 2 usage or settings error.

@@ -246,6 +246,13 @@ def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveRepo
         live.delete_s = _searchable(settings, live.deleted_key, present=False, timeout=30)
         print(f"  deleted {live.deleted_key}: gone from the index {live.delete_s:.2f} s after its DELETE",
               file=sys.stderr, flush=True)
+        # Leave the bucket and the index as the batch run left them, so a second demo exports,
+        # counts and charts the same images: the other uploads go the same way, by notification.
+        rest = [key for key in keys if key != live.deleted_key]
+        s3.delete_keys(client, settings.s3_bucket, rest)
+        for key in rest:
+            _searchable(settings, key, present=False, timeout=30)
+        print(f"  deleted the other {len(rest)} uploads again: gone from the index too", file=sys.stderr, flush=True)
     finally:
         for process in processes.values():
             if process.poll() is None:
