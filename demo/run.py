@@ -185,17 +185,20 @@ class LiveReport:
     delete_s: float | None = None  # DELETE returned -> the document gone
 
 
-def _searchable(settings: Settings, key: str, present: bool, timeout: float = 60.0) -> float:
-    """Seconds until the document of `key` is (or, present=False, is no longer) found by search."""
+def _searchable(settings: Settings, key: str, etag: str | None, timeout: float = 60.0) -> float:
+    """Seconds until the document of `key` with this ETag is found by search (etag None: until no
+    document of `key` is found any more)."""
     from imgpipe.document import document_id
 
     started = time.monotonic()
-    query = {"filter": f'id = "{document_id(settings.s3_bucket, key)}"', "limit": 1, "attributesToRetrieve": ["id"]}
+    query = {"filter": f'id = "{document_id(settings.s3_bucket, key)}"', "limit": 1,
+             "attributesToRetrieve": ["etag"]}
     while time.monotonic() - started < timeout:
-        if bool(meili.search(settings, settings.meili_index, "", query)["hits"]) == present:
+        hits = meili.search(settings, settings.meili_index, "", query)["hits"]
+        if (etag is None and not hits) or (etag is not None and hits and hits[0].get("etag") == etag):
             return time.monotonic() - started
         time.sleep(0.02)
-    raise StepFailed("real time", f"{key} was {'not ' if present else 'still '}searchable after {timeout:.0f} s")
+    raise StepFailed("real time", f"{key} was {'still' if etag is None else 'not'} searchable after {timeout:.0f} s")
 
 
 def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveReport:
@@ -226,10 +229,11 @@ def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveRepo
     client = s3.client(settings)
     keys = [f"{settings.s3_raw_prefix}live/upload-{i}.png" for i in range(LIVE_UPLOADS + 1)]
     try:
+        run_seed = int(time.time())  # new bytes each run: the document found must be this upload's
         for i, key in enumerate(keys):
-            image = encode(gradient_pattern(640, 480, seed=1000 + i), ".png")
-            client.put_object(Bucket=settings.s3_bucket, Key=key, Body=image, ContentType="image/png")
-            seconds = _searchable(settings, key, present=True, timeout=120 if i == 0 else 30)
+            image = encode(gradient_pattern(640, 480, seed=run_seed + i), ".png")
+            put = client.put_object(Bucket=settings.s3_bucket, Key=key, Body=image, ContentType="image/png")
+            seconds = _searchable(settings, key, put["ETag"].strip('"'), timeout=120 if i == 0 else 30)
             if i == 0:
                 live.warm_up_s = seconds
                 print(f"  {key}: searchable {seconds:.2f} s after its PUT (the first: both processes were "
@@ -243,7 +247,7 @@ def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveRepo
                                                   f"see {out / f'live-{name}.log'}")
         live.deleted_key = keys[-1]
         client.delete_object(Bucket=settings.s3_bucket, Key=live.deleted_key)
-        live.delete_s = _searchable(settings, live.deleted_key, present=False, timeout=30)
+        live.delete_s = _searchable(settings, live.deleted_key, None, timeout=30)
         print(f"  deleted {live.deleted_key}: gone from the index {live.delete_s:.2f} s after its DELETE",
               file=sys.stderr, flush=True)
         # Leave the bucket and the index as the batch run left them, so a second demo exports,
@@ -251,7 +255,7 @@ def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveRepo
         rest = [key for key in keys if key != live.deleted_key]
         s3.delete_keys(client, settings.s3_bucket, rest)
         for key in rest:
-            _searchable(settings, key, present=False, timeout=30)
+            _searchable(settings, key, None, timeout=30)
         print(f"  deleted the other {len(rest)} uploads again: gone from the index too", file=sys.stderr, flush=True)
     finally:
         for process in processes.values():
