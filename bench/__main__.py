@@ -5,11 +5,11 @@ alone, the consumer's processing from memory, one document per request, a bare p
 cut | sort | uniq -c), so the ratios hold on any machine. Runs on the local stack (started if
 it is down, left running) with a generated corpus: 500 photo-like 1280x960 JPEGs, 100 smaller
 JPEGs and PNGs, the demo corpus's face photos and the awkward samples with three
-decompression bombs. The upload latency (PUT -> searchable through S3 Event Notifications and
-the producer's SQS mode) runs against a moto server started for it, the only local S3 that
-sends notifications. The sizing step (`--only sizing`) measures images per core with the
-consumer's default configuration and MeiliSearch's indexing ceiling, for the README's sizing
-table of the AWS consumer fleet. Prints a table and writes results.json; the run's topics, indexes and S3
+decompression bombs. The upload latency (PUT -> searchable) goes through the local S3 server's
+own bucket notifications in Kafka and the producer's notifications mode. The sizing step
+(`--only sizing`) measures images per core with the consumer's default configuration and
+MeiliSearch's indexing ceiling, for the README's sizing table of the AWS consumer fleet. Prints a
+table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
 time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
 1,000,000 documents report.py runs on (kept in the local MeiliSearch for later runs;

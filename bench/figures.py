@@ -51,6 +51,9 @@ TARGETS: dict[str, Target] = {
     # document is searchable (group join, worker start and the last commit included).
     "pipeline_vs_seed": Target("ratio", ">=", 2.0),
     "consumer_startup": Target("value", "<", 2.0),
+    # PUT on the real S3 server -> searchable, through its notifications in Kafka (issue 25).
+    "latency_upload_p50": Target("value", "<=", 0.5),
+    "latency_upload_p95": Target("value", "<=", 1.0),
     "cores_busy": Target("value", ">=", 1.8),
     "consumer_cpu_per_image": Target("ratio", "<=", 1.3),
     "indexing_batched": Target("ratio", ">=", 50),

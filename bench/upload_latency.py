@@ -1,23 +1,24 @@
-"""Upload latency: object PUT -> searchable, through the event-driven producer (S3 Event
-Notifications on SQS), at a steady upload rate.
+"""Upload latency: object PUT -> searchable on the local stack's real S3 server, through its bucket
+notifications in Kafka and the producer's notifications mode, at a steady upload rate.
 
-Only moto delivers S3 notifications locally, so for this figure the bucket and the queue live on
-a moto server started for the run (its S3 is slower than the stack's versitygw, which the
-figure's detail says). A consumer waits on an empty topic, the producer long-polls the queue,
-and this process uploads the images at the given rate. The consumer measures each document's
-latency from its event_time, which in this mode is S3's eventTime: when S3 finished the PUT.
+versitygw publishes a notification per PUT to S3_NOTIFICATIONS_TOPIC; a consumer waits on an empty
+topic, the producer (`--notifications-topic`) reads the notifications, reads each object's state
+back (one HEAD) and sends its event, and this process PUTs the images at the given rate with a
+plain S3 client. The consumer measures each document's latency from its event_time: versitygw's
+eventTime (whole seconds) refined by the notification's Kafka CreateTime, i.e. when the server
+finished the PUT. The legs before the consumer are measured here from each PUT's return: PUT ->
+notification in Kafka, PUT -> image event in Kafka.
 """
 from __future__ import annotations
 
+import json
 import mimetypes
-import os
+import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
-from fixtures.moto import moto_server, notify_queue, sqs_environment
 from imgpipe import kafka, s3
 from imgpipe.settings import Settings
 
@@ -25,25 +26,16 @@ from bench.pipeline import (BenchError, RunNames, _read_json, _tail, _wait_for_a
                             consumer_args, prepare_index, start_script)
 
 
-@contextmanager
-def _environment(extra: dict[str, str]):
-    """These variables in this process's environment (children inherit them) for the block only."""
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _upload_paced(settings: Settings, items: list[tuple[str, bytes]], rate: float) -> float:
-    """PUT the items at `rate` per second (a few threads, each PUT started on schedule);
-    returns the seconds it took."""
+def _upload_paced(settings: Settings, items: list[tuple[str, bytes]], rate: float) -> tuple[float, dict[str, float]]:
+    """PUT the items at `rate` per second (a few threads, each PUT started on schedule); returns
+    the seconds it took and, per key, the wall-clock time its PUT returned."""
     client = s3.client(settings)
+    returned: dict[str, float] = {}
+
+    def put(key: str, data: bytes) -> None:
+        s3.put(client, settings.s3_bucket, key, data, mimetypes.guess_type(key)[0] or "application/octet-stream")
+        returned[key] = time.time()
+
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = []
@@ -51,12 +43,10 @@ def _upload_paced(settings: Settings, items: list[tuple[str, bytes]], rate: floa
             delay = started + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-            futures.append(pool.submit(s3.put, client, settings.s3_bucket, settings.s3_raw_prefix + key, data,
-                                       content_type))
+            futures.append(pool.submit(put, settings.s3_raw_prefix + key, data))
         for future in futures:
             future.result()
-    return time.monotonic() - started
+    return time.monotonic() - started, returned
 
 
 def _stop(process: subprocess.Popen, log_path: Path, what: str, timeout: float) -> None:
@@ -68,56 +58,82 @@ def _stop(process: subprocess.Popen, log_path: Path, what: str, timeout: float) 
         raise BenchError(f"the {what} exited with status {code}:\n{_tail(log_path)}")
 
 
+def notifications_on(settings: Settings) -> None:
+    """The local S3 server must be publishing to the notification topic (`make up` starts it so)."""
+    from stack.services import S3
+
+    server = S3(settings)
+    if not settings.s3_notifications_topic:
+        raise BenchError("S3_NOTIFICATIONS_TOPIC is empty: the local S3 server publishes no notifications")
+    if server.is_local and server.notifications() != settings.s3_notifications_topic:
+        raise BenchError(f"the local S3 server does not publish to {settings.s3_notifications_topic!r} "
+                         f"({server.notifications() or 'unknown'}): run `make up`")
+
+
 def upload_latency_run(base: Settings, names: RunNames, step: str, workers: int, rate: float,
                        items: list[tuple[str, bytes]], max_idle: float, work: Path) -> dict:
-    """The consumer's summary (latencies: S3 PUT -> index task succeeded) plus the producer's."""
-    with moto_server(work / f"{step}-moto.log") as moto_url, _environment(sqs_environment(moto_url)):
-        settings = names.settings(base, step).with_overrides(s3_endpoint_url=moto_url,
-                                                             s3_bucket=f"bench-{names.run_id}")
-        queue = notify_queue(settings, f"bench-{names.run_id}-{step}", settings.s3_raw_prefix)
-        kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
-        prepare_index(settings)
-        consumer_summary, consumer_log = work / f"{step}-consumer.json", work / f"{step}-consumer.log"
-        producer_summary, producer_log = work / f"{step}-producer.json", work / f"{step}-producer.log"
-        consumer = start_script("consumer/image_consumer.py", consumer_args(workers, max_idle, consumer_summary),
-                                settings, consumer_log)
-        producer = None
+    """The consumer's summary (latencies: the server's PUT -> index task succeeded), the producer's,
+    and the legs before the consumer."""
+    from producer.topic_mode import notifications_group, skip_backlog
+
+    settings = names.settings(base, step, raw_prefix=f"{names.s3_prefix}{step}/raw/")
+    notifications_on(settings)
+    topic = settings.s3_notifications_topic
+    kafka.ensure_topics(settings, [settings.kafka_topic, settings.kafka_dead_letter_topic])
+    prepare_index(settings)
+    start = skip_backlog(settings, topic, notifications_group(settings))
+    consumer_summary, consumer_log = work / f"{step}-consumer.json", work / f"{step}-consumer.log"
+    producer_summary, producer_log = work / f"{step}-producer.json", work / f"{step}-producer.log"
+    consumer = start_script("consumer/image_consumer.py", consumer_args(workers, max_idle, consumer_summary),
+                            settings, consumer_log)
+    producer = None
+    try:
+        _wait_for_assignment(consumer, consumer_log, settings.kafka_topic, timeout=120)
+        producer = start_script("producer/image_producer.py",
+                                ["--no-progress", "--notifications-topic", topic, "--max-idle-seconds",
+                                 str(max_idle), "--summary-json", str(producer_summary)], settings, producer_log)
+        upload_seconds, returned = _upload_paced(settings, items, rate)
+        _stop(producer, producer_log, "producer", timeout=300)
+        _stop(consumer, consumer_log, "consumer", timeout=600)
+    finally:
+        for process in (producer, consumer):
+            if process is not None and process.poll() is None:
+                process.kill()  # our own children, by their handles
+                process.wait()
+    summary = _read_json(consumer_summary)
+    check_consumed(settings, step, summary, len(items))
+    summary["producer"] = _read_json(producer_summary)
+    summary["upload_seconds"] = round(upload_seconds, 2)
+    summary["put_to_notification"] = _leg(returned, _notification_times(settings, topic, start))
+    summary["put_to_event"] = _leg(returned, _event_times(settings))
+    return summary
+
+
+def _notification_times(settings: Settings, topic: str, start: dict[int, int]) -> dict[str, float]:
+    """Key -> when the server's notification of it reached Kafka (its CreateTime), for this run's keys."""
+    times = {}
+    for message in kafka.read_messages(settings, topic, start=start):
         try:
-            _wait_for_assignment(consumer, consumer_log, settings.kafka_topic, timeout=120)
-            producer = start_script("producer/image_producer.py",
-                                    ["--no-progress", "--sqs-queue-url", queue.url, "--max-idle-seconds",
-                                     str(max_idle), "--summary-json", str(producer_summary)], settings, producer_log)
-            upload_seconds = _upload_paced(settings, items, rate)
-            _stop(producer, producer_log, "producer", timeout=300)
-            _stop(consumer, consumer_log, "consumer", timeout=600)
-        finally:
-            for process in (producer, consumer):
-                if process is not None and process.poll() is None:
-                    process.kill()  # our own children, by their handles
-                    process.wait()
-        summary = _read_json(consumer_summary)
-        check_consumed(settings, step, summary, len(items))
-        summary["producer"] = _read_json(producer_summary)
-        summary["upload_seconds"] = round(upload_seconds, 2)
-        summary["put_to_kafka"] = put_to_kafka(settings)
-        return summary
+            records = json.loads(message.value())["Records"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a test event
+        for record in records:
+            key = record.get("s3", {}).get("object", {}).get("key", "")
+            if key.startswith(settings.s3_raw_prefix) and record.get("eventName", "").startswith("s3:ObjectCreated"):
+                times.setdefault(key, message.timestamp()[1] / 1000)
+    return times
 
 
-def put_to_kafka(settings: Settings) -> dict:
-    """The first leg of the latency, per event: S3's eventTime -> the producer handing the event to
-    Kafka (the message's CreateTime): notification delivery, the long poll, parsing."""
-    import json
-    import statistics
+def _event_times(settings: Settings) -> dict[str, float]:
+    """Key -> when the producer's event of it reached Kafka (its CreateTime)."""
+    return {m.key().decode("utf-8"): m.timestamp()[1] / 1000 for m in kafka.read_messages(settings, settings.kafka_topic)}
 
-    from consumer.stats import seconds_since
 
-    delays = []
-    for message in kafka.read_messages(settings, settings.kafka_topic):
-        created = message.timestamp()[1] / 1000
-        delay = seconds_since(json.loads(message.value())["event_time"], created)
-        if delay is not None:
-            delays.append(delay)
+def _leg(start: dict[str, float], end: dict[str, float]) -> dict:
+    """p50 and p95 of end - start over the keys both have (seconds; clocks of one machine)."""
+    delays = sorted(end[key] - start[key] for key in start if key in end)
     if len(delays) < 2:
         return {"events": len(delays)}
     cuts = statistics.quantiles(delays, n=100, method="inclusive")
-    return {"events": len(delays), "p50_s": round(cuts[49], 3), "p95_s": round(cuts[94], 3)}
+    return {"events": len(delays), "p50_s": round(cuts[49], 3), "p95_s": round(cuts[94], 3),
+            "max_s": round(delays[-1], 3)}

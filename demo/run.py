@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -44,9 +45,12 @@ class DemoReport:
     planted_groups_found: int = 0
     planted_groups: int = 0
     charts: list[str] = field(default_factory=list)
+    live: "LiveReport | None" = None
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        from dataclasses import asdict, is_dataclass
+
+        return {k: asdict(v) if is_dataclass(v) else v for k, v in self.__dict__.items()}
 
 
 def run_step(name: str, args: list[str], settings: Settings, report: DemoReport, capture: bool = False) -> str:
@@ -132,6 +136,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
                            "--duplicates-dir", str(duplicates_dir),
                            "--consumer-summary", str(consumer_summary)], settings, report)
     report.charts = sorted(str(p) for p in out.glob("*.png") if p.stat().st_mtime >= before - 1)
+    report.live = run_live_step(settings, out, report)
     return report
 
 
@@ -165,3 +170,103 @@ def planted_groups_found(settings: Settings, groups) -> tuple[int, int]:
 def default_runner() -> str:
     """The real Hadoop runner when Java is there to run it; the shell pipe otherwise."""
     return "hadoop" if shutil.which("java") and shutil.which("mvn") else "pipe"
+
+
+# --- real time: the S3 server's bucket notifications -----------------------------------------------
+LIVE_UPLOADS = 5
+
+
+@dataclass
+class LiveReport:
+    """The real-time step: each upload's seconds from its PUT returning to its document found."""
+    warm_up_s: float | None = None  # the first upload, which also waits for both processes to start
+    uploads: list[tuple[str, float]] = field(default_factory=list)  # (key, seconds)
+    deleted_key: str = ""
+    delete_s: float | None = None  # DELETE returned -> the document gone
+
+
+def _searchable(settings: Settings, key: str, etag: str | None, timeout: float = 60.0) -> float:
+    """Seconds until the document of `key` with this ETag is found by search (etag None: until no
+    document of `key` is found any more)."""
+    from imgpipe.document import document_id
+
+    started = time.monotonic()
+    query = {"filter": f'id = "{document_id(settings.s3_bucket, key)}"', "limit": 1,
+             "attributesToRetrieve": ["etag"]}
+    while time.monotonic() - started < timeout:
+        hits = meili.search(settings, settings.meili_index, "", query)["hits"]
+        if (etag is None and not hits) or (etag is not None and hits and hits[0].get("etag") == etag):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise StepFailed("real time", f"{key} was {'still' if etag is None else 'not'} searchable after {timeout:.0f} s")
+
+
+def run_live_step(settings: Settings, out: Path, report: DemoReport) -> LiveReport:
+    """Uploads with a plain S3 client while the producer reads the S3 server's notifications and the
+    consumer runs: PUT -> searchable for each, then a delete -> gone from the index."""
+    from fixtures.images import encode, gradient_pattern
+    from imgpipe import s3
+    from producer.topic_mode import notifications_group, skip_backlog
+
+    topic = settings.s3_notifications_topic
+    print(f"\n==> real time: uploads with a plain S3 client; the producer reads the S3 server's notifications "
+          f"from Kafka topic {topic}", file=sys.stderr, flush=True)
+    if not topic:
+        raise StepFailed("real time", "S3_NOTIFICATIONS_TOPIC is empty: the local S3 server notifies nothing")
+    started = time.monotonic()
+    # The batch run announced everything already: the notifications of its uploads are not sent again.
+    skip_backlog(settings, topic, notifications_group(settings))
+    env = {**os.environ, **to_env(settings)}
+    logs = {name: open(out / f"live-{name}.log", "wb") for name in ("producer", "consumer")}
+    processes = {
+        "producer": subprocess.Popen([sys.executable, "producer/image_producer.py", "--notifications-topic",
+                                      "--no-progress"], cwd=REPO_ROOT, env=env, stdout=logs["producer"],
+                                     stderr=subprocess.STDOUT),
+        "consumer": subprocess.Popen([sys.executable, "consumer/image_consumer.py", "--no-progress"], cwd=REPO_ROOT,
+                                     env=env, stdout=logs["consumer"], stderr=subprocess.STDOUT),
+    }
+    live = LiveReport()
+    client = s3.client(settings)
+    keys = [f"{settings.s3_raw_prefix}live/upload-{i}.png" for i in range(LIVE_UPLOADS + 1)]
+    try:
+        run_seed = int(time.time())  # new bytes each run: the document found must be this upload's
+        for i, key in enumerate(keys):
+            image = encode(gradient_pattern(640, 480, seed=run_seed + i), ".png")
+            put = client.put_object(Bucket=settings.s3_bucket, Key=key, Body=image, ContentType="image/png")
+            seconds = _searchable(settings, key, put["ETag"].strip('"'), timeout=120 if i == 0 else 30)
+            if i == 0:
+                live.warm_up_s = seconds
+                print(f"  {key}: searchable {seconds:.2f} s after its PUT (the first: both processes were "
+                      "starting)", file=sys.stderr, flush=True)
+            else:
+                live.uploads.append((key, seconds))
+                print(f"  {key}: searchable {seconds:.2f} s after its PUT", file=sys.stderr, flush=True)
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    raise StepFailed("real time", f"the {name} exited with status {process.returncode}; "
+                                                  f"see {out / f'live-{name}.log'}")
+        live.deleted_key = keys[-1]
+        client.delete_object(Bucket=settings.s3_bucket, Key=live.deleted_key)
+        live.delete_s = _searchable(settings, live.deleted_key, None, timeout=30)
+        print(f"  deleted {live.deleted_key}: gone from the index {live.delete_s:.2f} s after its DELETE",
+              file=sys.stderr, flush=True)
+        # Leave the bucket and the index as the batch run left them, so a second demo exports,
+        # counts and charts the same images: the other uploads go the same way, by notification.
+        rest = [key for key in keys if key != live.deleted_key]
+        s3.delete_keys(client, settings.s3_bucket, rest)
+        for key in rest:
+            _searchable(settings, key, None, timeout=30)
+        print(f"  deleted the other {len(rest)} uploads again: gone from the index too", file=sys.stderr, flush=True)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # our own children, by their handles
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            logs[name].close()
+    report.steps.append(("real time (notifications)", time.monotonic() - started))
+    return live

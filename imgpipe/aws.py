@@ -37,12 +37,36 @@ class AwsError(ServiceError):
         return self.code in SETTINGS_CODES or self.code in BAD_CREDENTIAL_CODES
 
 
-def client(settings: Settings, service: str):
+def client(settings: Settings, service: str, endpoint_url: str | None = None):
     import boto3
     from botocore.config import Config
 
     # A long poll waits up to 20 s for messages: the read timeout must outlast it.
-    return boto3.client(service, region_name=settings.aws_region, config=Config(read_timeout=60))
+    return boto3.client(service, region_name=settings.aws_region, config=Config(read_timeout=60),
+                        endpoint_url=endpoint_url)
+
+
+AWS_DOMAINS = ("amazonaws.com", "amazonaws.com.cn", "api.aws")
+
+
+def queue_endpoint(queue_url: str) -> str | None:
+    """The SQS endpoint a queue URL names when it is not on AWS (ElasticMQ, LocalStack, moto:
+    http://host:port/account/name), else None. boto3 sends SQS requests to its own endpoint
+    (AWS_ENDPOINT_URL_SQS or AWS's), not to the queue URL's host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(queue_url)
+    host = (parts.hostname or "").lower()
+    if not host or any(host == d or host.endswith("." + d) for d in AWS_DOMAINS):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def queue_client(settings: Settings, queue_url: str):
+    """An SQS client for this queue: at the endpoint its URL names when that is not AWS, unless
+    AWS_ENDPOINT_URL_SQS or AWS_ENDPOINT_URL says otherwise (an explicit setting wins)."""
+    explicit = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
+    return client(settings, "sqs", None if explicit else queue_endpoint(queue_url))
 
 
 class Session:

@@ -47,6 +47,13 @@ class Settings:
     s3_fast_path: bool = True
     # The SQS queue receiving the bucket's S3 Event Notifications (producer --sqs-queue-url).
     sqs_queue_url: str = ""
+    # The Kafka topic an S3 server publishes its bucket notifications to (the local stack's
+    # versitygw, MinIO, Ceph RGW): `make up` creates it and turns versitygw's notifications on;
+    # producer --notifications-topic reads it. Empty: no notifications.
+    s3_notifications_topic: str = "s3-notifications"
+    # How that server writes object keys in a notification: "none" as they are (versitygw), "url"
+    # URL-encoded with + for a space (AWS, MinIO).
+    s3_notifications_key_encoding: str = "none"
     # MeiliSearch
     meili_url: str = "http://127.0.0.1:7700"
     meili_master_key: str = field(default="", repr=False)
@@ -119,6 +126,8 @@ ENV_VARS: dict[str, str] = {
     "S3_ALLOWED_BUCKETS": "s3_allowed_buckets",
     "S3_FAST_PATH": "s3_fast_path",
     "SQS_QUEUE_URL": "sqs_queue_url",
+    "S3_NOTIFICATIONS_TOPIC": "s3_notifications_topic",
+    "S3_NOTIFICATIONS_KEY_ENCODING": "s3_notifications_key_encoding",
     "MEILI_URL": "meili_url",
     "MEILI_MASTER_KEY": "meili_master_key",
     "MEILI_ADMIN_KEY": "meili_admin_key",
@@ -147,6 +156,7 @@ _SWITCHES = {"s3_fast_path"}
 _URLS = {"s3_endpoint_url", "meili_url", "sqs_queue_url"}
 _REQUIRED = {"kafka_bootstrap_servers", "kafka_topic", "kafka_dead_letter_topic", "kafka_consumer_group",
              "s3_bucket", "meili_url", "meili_index"}
+KEY_ENCODINGS = ("none", "url")  # S3_NOTIFICATIONS_KEY_ENCODING
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -182,6 +192,10 @@ def _parse(attr: str, raw: str):
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of librdkafka options")
         return {str(k): str(v) for k, v in value.items()}
+    if attr == "s3_notifications_key_encoding":
+        if raw.lower() not in KEY_ENCODINGS:
+            raise ValueError(f"must be one of {', '.join(KEY_ENCODINGS)}, got {raw!r}")
+        return raw.lower()
     if attr == "s3_allowed_buckets":
         return tuple(b.strip() for b in raw.split(",") if b.strip())
     if attr == "local_state_dir":
@@ -216,6 +230,8 @@ def _field_problem(attr: str, value) -> str | None:
             return f"must be an http(s) URL, got {value!r}"
     if attr in _REQUIRED and not value:
         return "must not be empty"
+    if attr == "s3_notifications_key_encoding" and value not in KEY_ENCODINGS:
+        return f"must be one of {', '.join(KEY_ENCODINGS)}, got {value!r}"
     if attr == "meili_master_key" and value and len(value.encode()) < MIN_MEILI_MASTER_KEY_BYTES:
         # Never echo the key itself.
         return f"must be at least {MIN_MEILI_MASTER_KEY_BYTES} bytes (it is {len(value.encode())})"
@@ -255,6 +271,10 @@ def _problems(settings: Settings, names: Mapping[str, str], skip: Collection[str
             problems.append(f"{name(attr)} {problem}")
     if settings.kafka_topic and settings.kafka_topic == settings.kafka_dead_letter_topic:
         problems.append(f"{name('kafka_dead_letter_topic')} must differ from {name('kafka_topic')}")
+    if settings.s3_notifications_topic and settings.s3_notifications_topic in (
+            settings.kafka_topic, settings.kafka_dead_letter_topic):
+        problems.append(f"{name('s3_notifications_topic')} must differ from {name('kafka_topic')} and "
+                        f"{name('kafka_dead_letter_topic')} (notifications are the producer's input, events its output)")
     if all(isinstance(getattr(settings, attr), str) for attr in ("s3_raw_prefix", "s3_processed_prefix",
                                                                   "s3_export_prefix")):
         problems += _overlapping_prefixes(settings, name)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Send one JSON event per S3 object change to Kafka: from a listing of the bucket (once, or
-every few seconds with --watch), or from the bucket's S3 Event Notifications on an SQS queue.
+every few seconds with --watch), from the bucket's S3 Event Notifications on an SQS queue, or from
+the notifications an S3 server (versitygw, MinIO, Ceph RGW) publishes to a Kafka topic.
 
 Each event carries schema_version, action (upsert or delete), bucket, key, size, etag,
 last_modified, event_time and sequencer; the Kafka message key is the object key. Settings come
 from the environment and .env (KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, S3_BUCKET, S3_RAW_PREFIX,
-S3_ENDPOINT_URL, SQS_QUEUE_URL, ...).
+S3_ENDPOINT_URL, SQS_QUEUE_URL, S3_NOTIFICATIONS_TOPIC, ...).
 
 Exit status: 0 all events delivered, 1 some delivery failed, a key was missing, a notification
 was malformed or a service is unreachable, 2 usage or settings error.
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from imgpipe import cli, kafka, s3
-from imgpipe.errors import UserError
+from imgpipe.errors import NOT_FOUND, UserError
 from imgpipe.events import ImageEvent, event_for_object, utc_now_iso
 from imgpipe.retry import Stopped
 from imgpipe.settings import Settings, load_settings
@@ -39,7 +40,8 @@ def build_parser():
         "python producer/image_producer.py --prefix raw/cats/ --limit 100",
         "python producer/image_producer.py --key 'raw/a cat.jpg' --key raw/dog.png",
         "python producer/image_producer.py --watch 10            # keep sending new, changed and deleted objects",
-        "python producer/image_producer.py --sqs-queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/images-events"])
+        "python producer/image_producer.py --sqs-queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/images-events",
+        "python producer/image_producer.py --notifications-topic   # real time from the local S3 server (versitygw)"])
     p.add_argument("--bucket", help="bucket to list (env S3_BUCKET)")
     p.add_argument("--prefix", help="key prefix to list; with --sqs-queue-url, only notifications under it are "
                                     "sent (env S3_RAW_PREFIX)")
@@ -58,8 +60,16 @@ def build_parser():
     p.add_argument("--wait-seconds", type=int, default=10, metavar="N",
                    help="with --sqs-queue-url: how long one poll waits for messages, 1-20; a stop takes "
                         "effect within one poll")
+    p.add_argument("--notifications-topic", nargs="?", const="", metavar="TOPIC",
+                   help="instead of listing, read the S3 server's bucket notifications from this Kafka topic "
+                        "(without TOPIC: env S3_NOTIFICATIONS_TOPIC); keys as env S3_NOTIFICATIONS_KEY_ENCODING "
+                        "says; commits as group KAFKA_CONSUMER_GROUP-notifications")
+    p.add_argument("--skip-backlog", action="store_true",
+                   help="with --notifications-topic: first move the group to the end of the topic, so only "
+                        "notifications from now on are sent (producer/reconcile.py covers the rest)")
     p.add_argument("--max-idle-seconds", type=float, metavar="N",
-                   help="with --sqs-queue-url: stop after N seconds without a message (default: run until stopped)")
+                   help="with --sqs-queue-url or --notifications-topic: stop after N seconds without a message "
+                        "(default: run until stopped)")
     p.add_argument("--summary-json", type=Path, help="also write the final counts to this JSON file")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (env METRICS_PORT; 0 = off)")
@@ -181,11 +191,16 @@ def main(argv: list[str] | None = None) -> int:
 
             metrics = ProducerMetrics()
             serve(metrics.registry, settings.metrics_port)
+        if args.notifications_topic is not None:
+            return from_topic(settings, args.notifications_topic or settings.s3_notifications_topic, bucket, prefix,
+                              metrics)
+        if args.skip_backlog:
+            raise UserError("--skip-backlog needs --notifications-topic")
         queue_url = args.sqs_queue_url or settings.sqs_queue_url
         if queue_url:
             return from_queue(settings, queue_url, bucket, prefix, metrics)
         if args.max_idle_seconds is not None:
-            raise UserError("--max-idle-seconds needs --sqs-queue-url")
+            raise UserError("--max-idle-seconds needs --sqs-queue-url or --notifications-topic")
         kafka.check_topic(settings, settings.kafka_topic)
         client = s3.client(settings)
         if args.watch is None:
@@ -234,6 +249,40 @@ def main(argv: list[str] | None = None) -> int:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
         return cli.EXIT_FAILURES if report.failed or report.malformed or report.kept else cli.EXIT_OK
+
+    def from_topic(settings: Settings, topic: str, bucket: str, prefix: str, metrics) -> int:
+        from producer.topic_mode import TopicProducer, notifications_group, skip_backlog
+
+        for name in ("watch", "key", "limit", "rate", "state_file", "sqs_queue_url"):
+            if getattr(args, name):
+                raise UserError(f"--{name.replace('_', '-')} cannot be combined with --notifications-topic")
+        if not topic:
+            raise UserError("--notifications-topic needs a topic: give one, or set S3_NOTIFICATIONS_TOPIC")
+        if topic in (settings.kafka_topic, settings.kafka_dead_letter_topic):
+            raise UserError(f"--notifications-topic {topic!r} is the producer's own output (KAFKA_TOPIC or "
+                            "KAFKA_DEAD_LETTER_TOPIC): read the S3 server's notification topic instead")
+        kafka.check_topic(settings, topic)
+        kafka.check_topic(settings, settings.kafka_topic)
+        try:  # each notification is checked against the bucket: it must be there
+            s3.head_bucket(s3.client(settings), bucket)
+        except s3.S3Error as exc:
+            if exc.missing_bucket or exc.kind == NOT_FOUND:  # HEAD answers a bare 404
+                raise UserError(f"bucket {bucket!r} does not exist") from None
+            raise
+        group = notifications_group(settings)
+        if args.skip_backlog:
+            ends = skip_backlog(settings, topic, group)
+            log.info("skipped the backlog of %s: group %s starts at %s", topic, group,
+                     ", ".join(f"partition {p} offset {o}" for p, o in sorted(ends.items())))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        report = TopicProducer(settings, topic, bucket, prefix, args.max_idle_seconds, stop, metrics, group).run()
+        print(f"producer: {report.summary()}", file=sys.stderr)
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
+        return cli.EXIT_FAILURES if report.failed or report.dead_lettered else cli.EXIT_OK
 
     return cli.run(body)
 

@@ -1,10 +1,11 @@
-"""S3 Event Notifications (as SQS delivers them) -> image events. Pure: no network.
+"""S3 Event Notifications (as SQS or a Kafka topic delivers them) -> image events. Pure: no network.
 
-One SQS message holds one notification: `{"Records": [...]}`, S3's `s3:TestEvent` (sent when the
+One SQS (or Kafka) message holds one notification: `{"Records": [...]}`, S3's `s3:TestEvent` (sent when the
 configuration is saved), or either wrapped in an SNS envelope when the bucket notifies a topic
 that fans out to the queue. `ObjectCreated:*` becomes an upsert; `ObjectRemoved:*` and
 `LifecycleExpiration:*` a delete. Keys arrive URL-encoded with `+` for spaces (a real `+` is
 `%2B`) and are decoded exactly; S3's `sequencer` is kept, for ordering events of one key.
+versitygw writes keys as they are (`url_encoded_keys=False`).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _event_time(record: dict) -> str:
         raise MalformedNotification(f"eventTime {raw!r} is not ISO-8601") from None
 
 
-def _record_event(record: dict) -> ImageEvent | str:
+def _record_event(record: dict, url_encoded_keys: bool = True) -> ImageEvent | str:
     """The event of one record, or the reason it is skipped (not an object change)."""
     if not isinstance(record, dict):
         raise MalformedNotification("a record is not a JSON object")
@@ -59,7 +60,7 @@ def _record_event(record: dict) -> ImageEvent | str:
     if not isinstance(bucket, str) or not bucket or not isinstance(obj, dict) or not isinstance(obj.get("key"), str):
         raise MalformedNotification("a record lacks s3.bucket.name or s3.object.key")
     try:
-        key = unquote_plus(obj["key"], encoding="utf-8", errors="strict")
+        key = unquote_plus(obj["key"], encoding="utf-8", errors="strict") if url_encoded_keys else obj["key"]
     except UnicodeDecodeError:
         raise MalformedNotification("an object key is not URL-encoded UTF-8") from None
     if not key:
@@ -78,14 +79,17 @@ def _record_event(record: dict) -> ImageEvent | str:
                       last_modified=event_time, event_time=event_time, sequencer=sequencer)
 
 
-def parse_notification(body: str) -> Notification:
-    """The events of one SQS message body; raises MalformedNotification."""
+def parse_notification(body: str, url_encoded_keys: bool = True) -> Notification:
+    """The events of one SQS message body (or Kafka message value); raises MalformedNotification."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, TypeError):
         raise MalformedNotification("the body is not JSON") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, deep nesting: what Python refuses
+        raise MalformedNotification(f"the body is JSON Python cannot parse ({type(exc).__name__})") from None
     if isinstance(data, dict) and data.get("Type") == "Notification" and isinstance(data.get("Message"), str):
-        return parse_notification(data["Message"])  # an SNS envelope (bucket -> SNS topic -> queue)
+        # an SNS envelope (bucket -> SNS topic -> queue)
+        return parse_notification(data["Message"], url_encoded_keys)
     if not isinstance(data, dict):
         raise MalformedNotification(f"the body is a JSON {type(data).__name__}, not an object")
     if data.get("Event") == "s3:TestEvent":
@@ -95,7 +99,7 @@ def parse_notification(body: str) -> Notification:
         raise MalformedNotification("the body has no Records")
     notification = Notification()
     for record in records:
-        outcome = _record_event(record)
+        outcome = _record_event(record, url_encoded_keys)
         if isinstance(outcome, str):
             notification.skipped.append(outcome)
         else:

@@ -72,7 +72,7 @@ class QueueProducer:
         self.max_idle_seconds = max_idle_seconds
         self.stop = stop
         self.report = QueueReport()
-        self.sqs = aws.client(settings, "sqs")
+        self.sqs = aws.queue_client(settings, queue_url)
         self.sender = EventSender(settings, metrics=metrics)
 
     def check_queue(self) -> None:

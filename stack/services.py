@@ -307,6 +307,14 @@ class Kafka(Service):
 
     def after_start(self) -> None:
         kafka.ensure_topics(self.settings, [self.settings.kafka_topic, self.settings.kafka_dead_letter_topic])
+        ensure_notifications_topic(self.settings)
+
+
+def ensure_notifications_topic(settings: Settings) -> None:
+    """The topic the S3 server notifies: one partition, so the notifications of every key stay in
+    the order the server wrote them (it sends them all with one message key anyway)."""
+    if settings.s3_notifications_topic:
+        kafka.ensure_topics(settings, [settings.s3_notifications_topic], partitions=1)
 
 
 class MeiliSearch(Service):
@@ -405,6 +413,47 @@ class S3(Service):
     def sidecar(self) -> Path:
         return self.state / "s3-metadata"
 
+    @property
+    def notifications_file(self) -> Path:
+        """What the running server notifies: the topic, or `off: why` (written at its start)."""
+        return self.state / "run" / "s3-notifications"
+
+    def notifications(self) -> str:
+        try:
+            return self.notifications_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def notification_flags(self) -> tuple[list[str], str]:
+        """versitygw's notification options and what they mean ("topic", or "off: why"). Without
+        Kafka at its start versitygw would exit: the S3 server must serve anyway, so it then starts
+        without notifications (and `make up` restarts it with them once Kafka answers)."""
+        topic = self.settings.s3_notifications_topic
+        if not topic:
+            return [], "off: S3_NOTIFICATIONS_TOPIC is empty"
+        if self.settings.kafka_client_config.get("security.protocol", "PLAINTEXT").upper() != "PLAINTEXT":
+            return [], "off: versitygw speaks only plaintext Kafka (KAFKA_CLIENT_CONFIG asks for more)"
+        down = f"off: Kafka did not answer at {self.settings.kafka_bootstrap_servers} when the S3 server started"
+        if not kafka.answers(self.settings):
+            return [], down
+        try:
+            ensure_notifications_topic(self.settings)
+        except kafka.KafkaError as exc:
+            return [], f"{down} ({exc})"
+        broker = self.settings.kafka_bootstrap_servers.split(",")[0].strip()
+        return versitygw.notification_flags(broker, topic), topic
+
+    def start(self) -> Status:
+        if self.is_local and self.pid():
+            # Started without notifications (Kafka was down), with another topic, or before they
+            # existed: restart it, so that `make up` always leaves them as the settings say.
+            running, wanted = self.notifications(), self.notification_flags()[1]
+            if running != wanted and not wanted.startswith("off: Kafka"):
+                log.info("restarting the S3 server: its bucket notifications are %r, the settings say %r",
+                         running or "unknown", wanted)
+                self.stop()
+        return super().start()
+
     def install(self) -> None:
         if os.environ.get("VERSITYGW_BINARY"):
             if not self.binary.is_file():
@@ -425,8 +474,13 @@ class S3(Service):
                         self.dir, self.sidecar)
             self.sidecar.mkdir(parents=True, exist_ok=True)
             backend += ["--sidecar", str(self.sidecar)]
+        flags, notifications = self.notification_flags()
+        self.notifications_file.parent.mkdir(parents=True, exist_ok=True)
+        self.notifications_file.write_text(notifications + "\n")
+        if not flags:
+            log.warning("the S3 server starts without bucket notifications: %s", notifications[5:])
         return [str(self.binary), "--port", f"{host}:{port}", "--health", "/health", "--quiet", "--keep-alive",
-                "--region", self.settings.aws_region, *backend, str(self.dir)]
+                "--region", self.settings.aws_region, *flags, *backend, str(self.dir)]
 
     def environment(self) -> dict[str, str]:
         access, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
@@ -441,6 +495,14 @@ class S3(Service):
             return True
         # Not ours (real AWS, or another local S3 server): healthy if it answers our credentials.
         return self.pid() is None and s3.answers(self.settings)
+
+    def status(self) -> Status:
+        status = super().status()
+        if status.managed and status.healthy:
+            notifications = self.notifications()
+            status.detail = ("notifications: " + notifications if notifications.startswith("off")
+                             else f"notifications to Kafka topic {notifications}" if notifications else "")
+        return status
 
     def after_start(self) -> None:
         if s3.ensure_bucket(s3.client(self.settings), self.settings.s3_bucket, self.settings.aws_region):

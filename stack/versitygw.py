@@ -22,6 +22,9 @@ MODULE = "github.com/versity/versitygw/cmd/versitygw"
 MIN_GO = (1, 25)  # versitygw v1.8.0's go.mod says go 1.25.0
 LDFLAGS = f"-s -w -X=main.Version={VERSION} -X=main.Build={VERSION} -X=main.BuildTime=none"
 PROGRESS_EVERY_SECONDS = 15.0
+# Which bucket notifications versitygw publishes (`--event-filter`; docker-compose.yml mounts the
+# same file): object changes only, not tagging or ACL changes.
+EVENT_FILTER = Path(__file__).resolve().parent / "versitygw-event-filter.json"
 
 
 class BuildError(Exception):
@@ -98,3 +101,11 @@ def supports_user_xattrs(directory: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def notification_flags(kafka_url: str, topic: str) -> list[str]:
+    """versitygw's options to publish bucket notifications to `topic`. It writes a test event
+    when it starts and exits if Kafka does not take it (within 10 s): start it with these only
+    when the broker answers and the topic exists. Later it sends each notification once, from
+    a goroutine, and only logs a failure."""
+    return ["--event-kafka-url", kafka_url, "--event-kafka-topic", topic, "--event-filter", str(EVENT_FILTER)]

@@ -194,3 +194,16 @@ def test_no_file_git_tracks_or_would_add_holds_a_secret_from_env():
     secrets, offenders = files_holding_env_secrets()
     assert secrets >= 1, "the local .env should hold a MeiliSearch master key"
     assert offenders == []  # file names only: a secret must never reach the test output
+
+
+def test_the_s3_server_notifies_the_topic_created_before_it_starts(services):
+    s3 = services["s3"]
+    env = env_of(s3)
+    assert env["VGW_EVENT_KAFKA_URL"] == env_of(services["init"])["KAFKA_BOOTSTRAP_SERVERS"]
+    assert env["VGW_EVENT_KAFKA_TOPIC"].startswith("${S3_NOTIFICATIONS_TOPIC")
+    mounts = {target: source for source, target, *_ in (str(v).split(":") for v in s3["volumes"])}
+    assert (REPO_ROOT / mounts[env["VGW_EVENT_FILTER"]]).is_file()
+    # versitygw exits when its test event finds no topic: `topics` makes it first.
+    assert s3["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert "ensure_notifications_topic" in " ".join(services["topics"]["command"])
+    assert "--notifications-topic" in services["producer"]["command"]

@@ -23,6 +23,13 @@ def test_demo_on_a_small_corpus_reports_what_the_stack_holds(settings, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((out / "demo_summary.json").read_text())
 
+    # The real-time step at the end: uploads through the S3 server's notifications, one deleted again.
+    live = report["live"]
+    everything = {d["key"] for d in all_documents(settings)}
+    uploaded = {key for key, _ in live["uploads"]}
+    assert len(uploaded) == 5 and live["deleted_key"] in uploaded and live["delete_s"] is not None
+    assert not uploaded & everything  # searchable while they existed, gone with their objects
+    assert "real time: PUT -> searchable" in result.stdout
     docs = all_documents(settings)
     assert report["index_documents"] == report["indexed"] == len(docs)
     assert report["indexed"] + report["dead_lettered"] == report["produced"] == report["uploaded"]

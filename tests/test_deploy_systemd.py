@@ -80,7 +80,8 @@ def verify(root: Path, *names: str) -> subprocess.CompletedProcess:
 def test_every_unit_passes_systemd_analyze_verify_without_a_warning(root):
     names = sorted(p.name for p in UNITS.iterdir() if p.is_file())
     assert names == ["imgpipe-consumer.service", "imgpipe-enricher.service", "imgpipe-kafka.service",
-                     "imgpipe-meilisearch.service", "imgpipe-producer.service", "imgpipe.target"]
+                     "imgpipe-meilisearch.service", "imgpipe-producer-notifications.service",
+                     "imgpipe-producer.service", "imgpipe-reconcile.service", "imgpipe.target"]
     result = verify(root, *names)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
 
@@ -212,3 +213,18 @@ def test_the_package_helper_does_nothing_when_all_is_installed():
     result = subprocess.run(["bash", str(REPO_ROOT / "tools/ensure-debian-packages.sh"), "systemd", "cloud-init"],
                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0 and result.stdout + result.stderr == ""
+
+
+@pytest.mark.parametrize("name, command, env_files", [
+    ("producer-notifications", "producer/image_producer.py --notifications-topic", ["/etc/imgpipe/pipeline.env"]),
+    ("reconcile", "producer/reconcile.py --every 600", ["/etc/imgpipe/pipeline.env", "/etc/imgpipe/reader.env"]),
+])
+def test_the_notifications_producer_and_its_reconcile_run_like_the_producer(name, command, env_files):
+    """For a host whose S3 server publishes bucket notifications to Kafka: the same user and
+    hardening as the SQS producer; reconcile reads the index with the readers' key only."""
+    producer, sibling = unit("producer")["Service"], unit(name)["Service"]
+    assert sibling["ExecStart"] == [f"/opt/imgpipe/venv/bin/python /opt/imgpipe/src/{command}"]
+    assert sibling["EnvironmentFile"] == env_files
+    same = {k: v for k, v in producer.items() if k not in ("ExecStart", "EnvironmentFile")}
+    assert {k: sibling.get(k) for k in same} == same
+    assert unit(name)["Install"]["WantedBy"] == ["imgpipe.target"]

@@ -96,3 +96,21 @@ def test_within_a_batch_the_later_sequencer_of_a_key_wins():
     )]
     # a's delete (…F0) beats both of its creations; b stands alone; unordered c's both stay.
     assert latest_per_key(events) == [1, 1, 2, 1, 4, 5]
+
+
+def test_versitygw_keys_are_taken_as_they_are_not_url_decoded():
+    body = json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put", "eventTime": "2026-12-03T10:15:07Z",
+                                    "s3": {"bucket": {"name": "images"},
+                                           "object": {"key": "raw/a b+c %20.jpg", "size": 5, "sequencer": "A"}}}]})
+    assert parse_notification(body, url_encoded_keys=False).events[0].key == "raw/a b+c %20.jpg"
+    assert parse_notification(body).events[0].key == "raw/a b c  .jpg"
+
+
+def test_a_whole_second_event_time_is_refined_by_the_kafka_create_time_in_that_second():
+    from producer.topic_mode import refined_event_time
+
+    created = (1, 1796292907901)  # 2026-12-03T10:15:07.901Z
+    assert refined_event_time("2026-12-03T10:15:07.000Z", created) == "2026-12-03T10:15:07.901Z"
+    assert refined_event_time("2026-12-03T10:15:05.000Z", created) == "2026-12-03T10:15:05.000Z"  # not that second
+    assert refined_event_time("2026-12-03T10:15:07.250Z", created) == "2026-12-03T10:15:07.250Z"  # has millis
+    assert refined_event_time("2026-12-03T10:15:07.000Z", (0, -1)) == "2026-12-03T10:15:07.000Z"  # no timestamp

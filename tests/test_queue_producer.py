@@ -178,3 +178,37 @@ def test_a_missing_queue_is_one_line_and_exit_2(notified):
                         settings.with_overrides(s3_endpoint_url=NO_S3), **sqs_environment(settings.s3_endpoint_url))
     assert result.returncode == 2, result.stderr
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_queue_url_not_on_aws_works_without_aws_endpoint_url_sqs(settings, unique, moto_url, tmp_path, monkeypatch):
+    """boto3 sends SQS requests to AWS_ENDPOINT_URL_SQS or AWS, not to the queue URL's host: a queue
+    on moto (as on ElasticMQ or LocalStack) is reached at the endpoint its URL names."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    sqs = aws.client(settings, "sqs", moto_url)
+    with aws.errors("sqs", "creating a queue", unique):
+        url = sqs.create_queue(QueueName=f"plain-{unique}")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [{
+            "eventName": "ObjectCreated:Put", "eventTime": "2026-05-01T12:30:15.250Z",
+            "s3": {"bucket": {"name": settings.s3_bucket},
+                   "object": {"key": settings.s3_raw_prefix + "a+cat.jpg", "size": 3, "eTag": "e"}}}]}))
+    assert url.startswith(moto_url)
+    summary = tmp_path / "producer.json"
+    result = run_script("producer/image_producer.py", ["--no-progress", "--sqs-queue-url", url, "--wait-seconds", "1",
+                                                       "--max-idle-seconds", "2", "--summary-json", str(summary)],
+                        settings.with_overrides(s3_endpoint_url=NO_S3))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(summary.read_text())["upserts"] == 1
+    [message] = read_topic(settings, settings.kafka_topic, expected=1)
+    assert json.loads(message.value())["key"] == settings.s3_raw_prefix + "a cat.jpg"
+
+
+@pytest.mark.parametrize("url, endpoint", [
+    ("https://sqs.eu-west-1.amazonaws.com/123456789012/images-events", None),
+    ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q", None),
+    ("http://127.0.0.1:9324/000000000000/images-events", "http://127.0.0.1:9324"),  # ElasticMQ
+    ("http://sqs.us-east-1.localhost.localstack.cloud:4566/000000000000/q",
+     "http://sqs.us-east-1.localhost.localstack.cloud:4566"),
+])
+def test_the_endpoint_of_a_queue_url(url, endpoint):
+    assert aws.queue_endpoint(url) == endpoint
