@@ -243,17 +243,15 @@ class Ledger:
         return offsets
 
     def drop(self, partitions: Iterable[Partition]) -> list[Work]:
-        """Forget the partitions' works (revoked or lost): never committed, never reported. Returns
-        those still running, whose processing the caller may wait for."""
+        """Forget the partitions' works (revoked or lost): never committed, never reported, their
+        outcomes ignored when they come. Returns them (the caller may wait for those running)."""
         dropped = []
         for partition in partitions:
             dropped.extend(self._partitions.pop(partition, ()))
         for work in dropped:
             work.dropped = True
+            self._running.pop(work, None)
             if work.key is not None and self._last_of_object.get(work.key) is work:
                 del self._last_of_object[work.key]
         self._done = [w for w in self._done if not w.dropped]
-        still_running = [w for w in dropped if w in self._running]
-        for work in still_running:
-            del self._running[work]
-        return still_running
+        return dropped
