@@ -69,6 +69,7 @@ class ImageConsumerLoop:
         self.ledger = Ledger(settings.consumer_batch_size, settings.consumer_batch_ms / 1000)
         self.limit = BATCHES_IN_FLIGHT * settings.consumer_batch_size
         self._futures: dict[Work, Future] = {}  # started, outcome not collected yet
+        self._commit_failed: dict[tuple[str, int], int] = {}  # offsets whose commit failed: tried again
         self._assigned: set[tuple[str, int]] = set()
         self._last_activity = self._last_status = self._last_lag_check = time.monotonic()
         self._stalls = 0  # recoveries in a row without a message since
@@ -270,15 +271,18 @@ class ImageConsumerLoop:
             self.on_progress(len(reported))
 
     def _commit(self) -> None:
-        offsets = self.ledger.commit_offsets()
+        offsets = {**self._commit_failed, **self.ledger.commit_offsets()}
         if not offsets:
             return
         try:
             kafka.commit(self.consumer, offsets)
+            self._commit_failed = {}
         except kafka.KafkaError as exc:
-            # The group moved on (rebalance): another member will get these messages again and
-            # replace the same documents. At-least-once, never lost.
-            log.warning("commit failed (%s); these messages may be delivered again", exc)
+            # The broker is away, or the group moved on (rebalance): tried again with the next
+            # commit; meanwhile a crash or another member gets these messages again and replaces
+            # the same documents. At-least-once, never lost.
+            log.warning("commit failed (%s); trying again with the next commit", exc)
+            self._commit_failed = offsets
 
     def _drain(self) -> None:
         """Finish every message polled so far."""
@@ -311,6 +315,7 @@ class ImageConsumerLoop:
     def _give_up(self, gone: set[tuple[str, int]], how: str) -> list[Work]:
         self._assigned -= gone
         self._last_activity = time.monotonic()
+        self._commit_failed = {tp: offset for tp, offset in self._commit_failed.items() if tp not in gone}
         dropped = self.ledger.drop(gone)
         log.log(logging.WARNING if how == "lost" else logging.INFO, "%s %s%s", how,
                 ", ".join(f"{t}[{p}]" for t, p in sorted(gone)) or "nothing",
@@ -338,6 +343,7 @@ class ImageConsumerLoop:
         """True when every assigned partition is committed up to its high watermark; otherwise the
         fetch has stalled: log it and restart it."""
         self._last_lag_check = time.monotonic()
+        self._commit()  # what failed to commit before (the broker was away)
         lag = kafka.committed_lag(self.consumer)
         if lag is None:
             log.warning("cannot read the committed offsets and watermarks (broker unreachable?); waiting")

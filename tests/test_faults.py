@@ -5,6 +5,7 @@ Every pass criterion counts documents and messages, not log lines.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -186,3 +187,29 @@ def test_sigterm_while_meilisearch_is_unreachable_at_start_up_exits_cleanly(sett
     proc.send_signal(signal.SIGTERM)
     text = finish(proc, log, timeout=60)
     assert "stopped before start-up finished" in text and "Traceback" not in text
+
+
+def test_broker_killed_and_restarted_during_a_drain_every_message_is_committed_when_the_consumer_exits_0(
+        stack, settings, tmp_path):
+    broker = Kafka(stack)
+    if broker.pid() is None:
+        pytest.fail("this test kills Kafka and needs the broker the test session manages")
+    keys = put_images(settings, 60)
+    produce_all(settings)
+    log, summary = tmp_path / "consumer.log", tmp_path / "summary.json"
+    proc = start_script("consumer/image_consumer.py",
+                        SLOW + ["--max-idle-seconds", "5", "--summary-json", str(summary)], settings, log)
+    try:
+        wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
+        pid = broker.pid()
+        os.killpg(pid, signal.SIGKILL)  # as a crash or an OOM kill would: no clean shutdown
+        wait_for(lambda: broker.pid() is None, 30, "the broker to die", interval=0.1)
+        time.sleep(3)
+    finally:
+        broker.start()
+    text = finish(proc, log, timeout=300)
+    assert_exactly(settings, keys)
+    # Exit 0 means done: every message of the topic committed by the group, none left behind.
+    ends = kafka.end_offsets(settings, settings.kafka_topic)
+    assert sum(ends.values()) == len(keys)
+    assert kafka.committed_offsets(settings, settings.kafka_topic) == ends, text[-3000:]
