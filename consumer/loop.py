@@ -360,7 +360,7 @@ class ImageConsumerLoop:
         log.warning("fetch stalled: no message for %.0f s with lag %d (%s); restarting the fetch from the "
                     "committed offsets (recovery %d of %d)", time.monotonic() - self._last_activity,
                     sum(behind.values()), described, self._stalls, STALL_RECOVERIES)
-        kafka.restart_fetch(self.consumer, [self.settings.kafka_topic], hard=self._stalls > 1,
+        kafka.restart_fetch(self.consumer, [self.settings.kafka_topic], behind, hard=self._stalls > 1,
                             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self._last_activity = time.monotonic()
         return False

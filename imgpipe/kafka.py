@@ -324,21 +324,32 @@ def committed_lag(consumer_client, timeout: float = 10.0) -> dict[tuple[str, int
         return None
 
 
-def restart_fetch(consumer_client, topics: list[str], hard: bool = False, **callbacks) -> None:
-    """Fetch the assigned partitions again from their committed offsets (a seek restarts a
-    partition's fetcher whatever state it was stuck in); `hard`, or when a seek is refused: leave
-    the group and subscribe again, which rebuilds the assignment and every fetcher."""
+def restart_fetch(consumer_client, topics: list[str], behind: Iterable[tuple[str, int]], hard: bool = False,
+                  **callbacks) -> None:
+    """Start the fetch of the partitions `behind` (assigned, with lag, quiet) again, from their
+    committed offsets.
+
+    A partition whose fetcher never started (its position unknown) was left waiting for its
+    committed offset: after a broker restart the OffsetFetch can meet a stale group coordinator,
+    which answers NOT_COORDINATOR for the whole request, and librdkafka (2.16) neither retries
+    it nor starts the fetcher (confluentinc/librdkafka#5586). Only a new assignment asks again:
+    leave the group and subscribe again (also when `hard`, or when a seek is refused). A
+    partition that fetched before and went quiet is resumed and moved back to its committed offset
+    by a seek, which restarts its fetcher whatever state it was stuck in."""
     from confluent_kafka import KafkaException, TopicPartition
 
-    if not hard:
-        try:
-            assignment = consumer_client.assignment()
-            for tp in consumer_client.committed(assignment, timeout=10) if assignment else []:
+    try:
+        stalled = [TopicPartition(topic, partition) for topic, partition in behind]
+        if stalled:
+            consumer_client.resume(stalled)  # the pipeline never pauses: a paused partition is stalled too
+        never_started = any(tp.offset < 0 for tp in consumer_client.position(stalled)) if stalled else False
+        if not hard and not never_started:
+            for tp in consumer_client.committed(stalled, timeout=10) if stalled else []:
                 low, _ = consumer_client.get_watermark_offsets(tp, timeout=10, cached=False)
                 consumer_client.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else low))
             return
-        except KafkaException as exc:
-            log.warning("seek refused (%s); subscribing again", translate(exc, "seeking"))
+    except KafkaException as exc:
+        log.warning("seek refused (%s); subscribing again", translate(exc, "seeking"))
     consumer_client.unsubscribe()
     consumer_client.subscribe(topics, **callbacks)
 
