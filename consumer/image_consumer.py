@@ -119,8 +119,9 @@ def consume(settings: Settings, workers: int, stop: threading.Event, metrics, ma
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image") as pool:
             loop = ImageConsumerLoop(settings, consumer, pool, ImageHandler(settings, store, processing), indexer,
-                                     dead_letters, IndexedAnnouncer(settings, stop, producer), stop, stats,
-                                     metrics, max_idle_seconds, status_interval, on_progress)
+                                     dead_letters, IndexedAnnouncer(settings, stop, producer), stop, stats=stats,
+                                     metrics=metrics, max_idle_seconds=max_idle_seconds,
+                                     status_interval=status_interval, on_progress=on_progress)
             return loop.run()
     finally:
         processing.close(wait=not stop.is_set())

@@ -141,6 +141,10 @@ class Ledger:
         return list(self._running)
 
     @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
     def done_count(self) -> int:
         return len(self._done)
 

@@ -18,6 +18,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import Callable
 
 from imgpipe import kafka
 from imgpipe.deadletters import DeadLetterWriter, Stage
@@ -30,7 +32,7 @@ from imgpipe.settings import Settings
 from consumer.announcer import IndexedAnnouncer
 from consumer.handler import ImageHandler
 from consumer.indexer import Indexer
-from consumer.ledger import Batch, DeadLettered, Deleted, Indexed, Ledger, MessageRef, Outcome, Work
+from consumer.ledger import Batch, DeadLettered, Deleted, Indexed, Ledger, MessageRef, Outcome, Superseded, Work
 from consumer.stats import Stats
 
 log = logging.getLogger("consumer")
@@ -48,26 +50,27 @@ STALL_SECONDS = 10.0
 STALL_RECOVERIES = 5  # in a row without a message, then the consumer gives up (exit 1)
 
 
+@dataclass(eq=False)
 class ImageConsumerLoop:
-    def __init__(self, settings: Settings, consumer, pool: Executor, handler: ImageHandler, indexer: Indexer,
-                 dead_letters: DeadLetterWriter, announcer: IndexedAnnouncer, stop: threading.Event,
-                 stats: Stats | None = None, metrics=None, max_idle_seconds: float | None = None,
-                 status_interval: float = 10.0, on_progress=None):
-        self.settings = settings
-        self.consumer = consumer
-        self.pool = pool
-        self.handler = handler
-        self.indexer = indexer
-        self.dead_letters = dead_letters
-        self.announcer = announcer
-        self.stop = stop
-        self.stats = stats or Stats()
-        self.metrics = metrics  # imgpipe.metrics.ConsumerMetrics, or None
-        self.max_idle_seconds = max_idle_seconds
-        self.status_interval = status_interval
-        self.on_progress = on_progress  # called with the number of messages finished, for progress bars
-        self.ledger = Ledger(settings.consumer_batch_size, settings.consumer_batch_ms / 1000)
-        self.limit = BATCHES_IN_FLIGHT * settings.consumer_batch_size
+    """The loop and what it talks to, built by consumer/image_consumer.py's main()."""
+
+    settings: Settings
+    consumer: object  # a subscribed-to-be confluent_kafka Consumer
+    pool: Executor  # threads that run ImageHandler (S3 and the processing pool)
+    handler: ImageHandler
+    indexer: Indexer
+    dead_letters: DeadLetterWriter
+    announcer: IndexedAnnouncer
+    stop: threading.Event
+    stats: Stats = field(default_factory=Stats)
+    metrics: object = None  # imgpipe.metrics.ConsumerMetrics, or None
+    max_idle_seconds: float | None = None
+    status_interval: float = 10.0
+    on_progress: Callable[[int], object] | None = None  # messages finished, for progress bars
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.settings.consumer_batch_size, self.settings.consumer_batch_ms / 1000)
+        self.limit = BATCHES_IN_FLIGHT * self.settings.consumer_batch_size
         self._futures: dict[Work, Future] = {}  # started, outcome not collected yet
         self._commit_failed: dict[tuple[str, int], int] = {}  # offsets whose commit failed: tried again
         self._assigned: set[tuple[str, int]] = set()
@@ -132,7 +135,7 @@ class ImageConsumerLoop:
             self._confirm(self.ledger.batches[0])
         if self.ledger.batch_due(time.monotonic(), full, idle):
             self._send()
-        if self.ledger.batches and (full or (idle and not self.ledger.running)):
+        if self.ledger.batches and (full or (idle and not self.ledger.running_count)):
             self._confirm(self.ledger.batches[0])  # room for more, or a trickle made searchable now
 
     # --- one message: start, then collect ------------------------------------------------------------
@@ -254,7 +257,7 @@ class ImageConsumerLoop:
                     self.stats.dead_letter_reasons[stage] += 1
                     if self.metrics is not None:
                         self.metrics.dead_letters.labels(stage).inc()
-                case _:
+                case Superseded():
                     superseded += 1
         dead_lettered = self.dead_letters.flush()
         self.announcer.flush()
