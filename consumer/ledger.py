@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from imgpipe.deadletters import Stage
 from imgpipe.events import ImageEvent, compare_sequencers
 
 Partition = tuple[str, int]
@@ -229,7 +230,7 @@ class Ledger:
         batch is then finished; commit_offsets() says how far that lets each partition go."""
         self._batches.remove(batch)
         for position, reason in (refused or {}).items():
-            batch.indexed[position].outcome = DeadLettered("index", reason)
+            batch.indexed[position].outcome = DeadLettered(Stage.INDEX, reason)
         for work in batch.works:
             work.finished = True
             if work.key is not None and self._last_of_object.get(work.key) is work:
