@@ -25,7 +25,8 @@ def commit(consumer, messages) -> None:
     kafka.commit(consumer, offsets)
 
 
-def test_a_stalled_fetch_with_lag_is_seen_and_restarted_until_everything_is_committed(settings):
+@pytest.mark.parametrize("hard", [False, True], ids=["seek", "subscribe-again"])
+def test_a_stalled_fetch_with_lag_is_seen_and_restarted_until_everything_is_committed(settings, hard):
     producer = kafka.producer(settings)
     for i in range(30):
         kafka.produce(producer, settings.kafka_topic, f"k{i}".encode(), b"v")
@@ -41,7 +42,7 @@ def test_a_stalled_fetch_with_lag_is_seen_and_restarted_until_everything_is_comm
         lag = kafka.committed_lag(consumer)
         assert sum(lag.values()) == 25
 
-        kafka.restart_fetch(consumer, [settings.kafka_topic], [tp for tp, n in lag.items() if n])
+        kafka.restart_fetch(consumer, [settings.kafka_topic], [tp for tp, n in lag.items() if n], hard=hard)
         rest = consume_until(consumer, 25)  # from the committed offsets: nothing skipped
         assert len({(m.partition(), m.offset()) for m in first + rest}) == 30
         commit(consumer, rest)
