@@ -1,8 +1,11 @@
 """Kafka: client configurations and factories, librdkafka's errors said in the pipeline's terms,
 topics, and the reads several scripts share (a topic's messages between offsets).
 
-Producers are idempotent with acks=all; consumers never auto-commit (offsets are committed by
-hand, only after the index has the batch). librdkafka's own log lines go through Python logging.
+Producers are idempotent with acks=all, and every producer of the project writes through
+produce() (back-pressure when librdkafka's queue is full) or deliver() (until acknowledged).
+Consumers never auto-commit (offsets are committed by hand, only after the index has the
+documents); committed_lag() and restart_fetch() tell and mend a stalled fetch. librdkafka's own
+log lines go through Python logging.
 """
 from __future__ import annotations
 
