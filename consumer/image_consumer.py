@@ -4,8 +4,8 @@ metadata document per image in MeiliSearch. Broken inputs go to the dead-letter 
 
 Offsets are committed only after a message's document is indexed (task succeeded) and its dead
 letter or its announcement on KAFKA_INDEXED_TOPIC is acknowledged: at-least-once delivery, no
-duplicates in the index. Run several processes with
-the same KAFKA_CONSUMER_GROUP to share the topic's partitions.
+duplicates in the index. Run several processes with the same KAFKA_CONSUMER_GROUP to share the
+topic's partitions.
 
 Settings come from the environment and .env: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
 KAFKA_DEAD_LETTER_TOPIC, KAFKA_INDEXED_TOPIC, KAFKA_CONSUMER_GROUP, S3_*, MEILI_*, CONSUMER_*, MAX_*, THUMBNAIL_SIZE,
