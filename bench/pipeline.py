@@ -58,6 +58,7 @@ class RunNames:
     def settings(self, base: Settings, step: str, raw_prefix: str | None = None) -> Settings:
         return base.with_overrides(
             kafka_topic=f"bench-{self.run_id}-{step}", kafka_dead_letter_topic=f"bench-{self.run_id}-{step}-dlq",
+            kafka_indexed_topic=f"bench-{self.run_id}-{step}-indexed",
             kafka_consumer_group=f"bench-{self.run_id}-{step}", meili_index=f"bench_{self.run_id}_{step}",
             s3_raw_prefix=raw_prefix or self.raw_prefix, s3_processed_prefix=f"bench-{self.run_id}/{step}/processed/",
             sqs_queue_url="")  # the producer runs list the bucket unless a run says otherwise

@@ -46,12 +46,7 @@ def bare_produce(config: dict, topic: str, messages: list[tuple[bytes, bytes]],
     for i, (key, value) in enumerate(messages):
         if events is not None:
             value = events[i].to_json()
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        kafka.produce(producer, topic, key, value, wait=0.1)
         producer.poll(0)
     remaining = producer.flush(120)
     seconds = time.perf_counter() - started

@@ -414,7 +414,7 @@ class Bench:
         for run in PIPELINE_RUNS:
             settings = self.names.settings(self.settings, run)
             self._indexes.append(settings.meili_index)
-            self._topics += [settings.kafka_topic, settings.kafka_dead_letter_topic]
+            self._topics += [settings.kafka_topic, settings.kafka_dead_letter_topic, settings.kafka_indexed_topic]
         for what, action in (("indexes", self._delete_indexes), ("topics", self._delete_topics),
                              ("S3 objects", self._delete_objects)):
             try:

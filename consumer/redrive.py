@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imgpipe import cli, deadletters, kafka
-from imgpipe.deadletters import DeadLetter
+from imgpipe.deadletters import FAILED_AT, REASON, REDRIVEN_FROM, DeadLetter, Stage
 from imgpipe.errors import InfrastructureError, UserError
 from imgpipe.events import parse_iso
 from imgpipe.settings import Settings, load_settings
-
-STAGES = ("validate", "fetch", "guard", "budget", "decode", "process", "store", "index")
-
 
 @dataclass(frozen=True)
 class Filters:
@@ -41,7 +38,7 @@ class Filters:
     def match(self, letter: DeadLetter) -> bool:
         if self.stages and letter.stage not in self.stages:
             return False
-        if self.reason_contains and self.reason_contains.lower() not in letter.headers.get("reason", "").lower():
+        if self.reason_contains and self.reason_contains.lower() not in letter.reason.lower():
             return False
         when = letter.failed_at
         if (self.since or self.until) and when is None:
@@ -72,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python consumer/redrive.py --stage fetch --since 2026-12-01T08:00:00Z",
         "python consumer/redrive.py --stage budget --reason-contains PROCESSING_TIMEOUT",
         "python consumer/redrive.py --stage decode --stage guard --dry-run --json"])
-    p.add_argument("--stage", action="append", default=[], choices=STAGES,
+    p.add_argument("--stage", action="append", default=[], choices=[stage.value for stage in Stage],
                    help="only dead letters of this stage (repeatable)")
     p.add_argument("--since", metavar="TIME", help="only dead letters written at or after this UTC ISO-8601 time")
     p.add_argument("--until", metavar="TIME", help="only dead letters written before this UTC ISO-8601 time")
@@ -116,14 +113,14 @@ def redrive(args) -> int:
         if args.json:
             for letter in selected:
                 print(json.dumps({"partition": letter.partition, "offset": letter.offset, "stage": letter.stage,
-                                  "failed_at": letter.headers.get("failed_at"), "reason": letter.headers.get("reason"),
+                                  "failed_at": letter.headers.get(FAILED_AT), "reason": letter.headers.get(REASON),
                                   "key": (letter.key or b"").decode("utf-8", "replace"), "cut": letter.cut,
                                   "source": letter.source}, ensure_ascii=False))
         elif selected:
             from tabulate import tabulate
 
-            print(tabulate([(f"{letter.partition}@{letter.offset}", letter.stage, letter.headers.get("failed_at", ""),
-                             letter.shown_key(), cli.printable(letter.headers.get("reason", ""))[:100])
+            print(tabulate([(f"{letter.partition}@{letter.offset}", letter.stage, letter.headers.get(FAILED_AT, ""),
+                             letter.shown_key(), cli.printable(letter.reason)[:100])
                             for letter in selected],
                            headers=["dead letter", "stage", "failed at", "key", "reason"], tablefmt="simple"))
         print(f"redrive (dry run): {len(selected)} of {scanned} dead letters match"
@@ -148,14 +145,9 @@ def redrive(args) -> int:
                       f"in {letter.source}: not redriven", file=sys.stderr)
                 continue
             key, value = original
-            headers = [("redriven_from", f"{settings.kafka_dead_letter_topic}[{letter.partition}]@{letter.offset}"
+            headers = [(REDRIVEN_FROM, f"{settings.kafka_dead_letter_topic}[{letter.partition}]@{letter.offset}"
                         .encode())]
-            while True:
-                try:
-                    sender.produce(target, key=key, value=value, headers=headers, on_delivery=delivered)
-                    break
-                except BufferError:
-                    sender.poll(0.5)
+            kafka.produce(sender, target, key, value, headers, on_delivery=delivered)
             sender.poll(0)
             bar.update(1)
     remaining = sender.flush(60)

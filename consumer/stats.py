@@ -45,7 +45,7 @@ class Stats:
     consumed: int = 0
     indexed: int = 0
     deleted: int = 0  # documents removed for delete events
-    superseded: int = 0  # events replaced by a later event of the same object in the same batch
+    superseded: int = 0  # events replaced by a later event of the same object before they were sent
     dead_lettered: int = 0
     batches: int = 0
     dead_letter_reasons: Counter = field(default_factory=Counter)
@@ -87,14 +87,15 @@ class Stats:
         busy = self.active_seconds
         return self.finished / busy if busy else None
 
-    def batch_started(self, messages: int) -> None:
+    def message_polled(self) -> None:
         if self.first_message_at is None:
             self.first_message_at = time.monotonic()
             self.first_message_cpu = time.process_time()
-        self.consumed += messages
+        self.consumed += 1
 
-    def batch_committed(self, documents: list[dict], dead_lettered: int, deleted: int = 0) -> list[float]:
-        """Count a committed batch; returns the produce -> searchable latency of its documents."""
+    def batch_confirmed(self, documents: list[dict], dead_lettered: int, deleted: int = 0) -> list[float]:
+        """Count a batch MeiliSearch confirmed; returns the produce -> searchable latency of its
+        documents."""
         now = time.time()
         latencies = []
         for doc in documents:

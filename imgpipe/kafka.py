@@ -1,13 +1,17 @@
 """Kafka: client configurations and factories, librdkafka's errors said in the pipeline's terms,
 topics, and the reads several scripts share (a topic's messages between offsets).
 
-Producers are idempotent with acks=all; consumers never auto-commit (offsets are committed by
-hand, only after the index has the batch). librdkafka's own log lines go through Python logging.
+Producers are idempotent with acks=all, and every producer of the project writes through
+produce() (back-pressure when librdkafka's queue is full) or deliver() (until acknowledged).
+Consumers never auto-commit (offsets are committed by hand, only after the index has the
+documents); committed_lag() and restart_fetch() tell and mend a stalled fetch. librdkafka's own
+log lines go through Python logging.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from imgpipe.errors import DENIED, NOT_FOUND, REJECTED, UNAVAILABLE, ServiceError, UserError
@@ -253,6 +257,85 @@ def delete_topics(settings: Settings, topics: Iterable[str], timeout: float = 30
     return doomed
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to write: key, value, headers (a list of (name, bytes))."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list | None = None
+
+
+def produce(producer_client, topic: str, key: bytes | None = None, value: bytes | None = None,
+            headers: list | None = None, on_delivery=None, wait: float = 0.5) -> None:
+    """Queue one message. When librdkafka's local queue is full (BufferError) the delivery
+    reports are served for up to `wait` seconds, then it is tried again: back-pressure, not loss."""
+    extra = {"headers": headers} if headers else {}
+    while True:
+        try:
+            producer_client.produce(topic, key=key, value=value, on_delivery=on_delivery, **extra)
+            return
+        except BufferError:
+            producer_client.poll(wait)
+
+
+def deliver(producer_client, topic: str, messages: list[Outgoing], stop, refused=None) -> int:
+    """Write `messages` to `topic` and return once the broker acknowledged each of them; returns how
+    many were written. librdkafka retries on its own until message.timeout.ms; what it finally
+    gives up on is produced again after a back-off (a broker outage is retried until it recovers
+    or `stop` is set: imgpipe.retry.Stopped). A message refused for its content (too large, say)
+    goes to `refused(message, error_name)`, which returns what to write instead, or None for
+    nothing; without `refused`, such a message is retried like an outage."""
+    from confluent_kafka import KafkaException
+
+    from imgpipe.errors import InfrastructureError
+    from imgpipe.retry import retry_until_stopped
+
+    failed: list[tuple[Outgoing, str]] = []
+    dropped = 0
+
+    def send(message: Outgoing) -> None:
+        def on_delivery(err, _msg) -> None:
+            if err is not None:
+                failed.append((message, err.name()))
+
+        try:
+            produce(producer_client, topic, message.key, message.value, message.headers, on_delivery)
+        except KafkaException as exc:  # refused before it left (too large, bad argument)
+            error = translate(exc, "writing to", topic)
+            if error.kind != REJECTED:
+                raise error from None
+            failed.append((message, error.code))
+
+    def wait_for_acks() -> None:
+        nonlocal dropped
+        while True:
+            remaining = producer_client.flush(10)
+            batch, failed[:] = list(failed), []
+            again = []
+            for message, name in batch:
+                if refused is not None and error_kind(name) == REJECTED:
+                    replacement = refused(message, name)
+                    if replacement is None:
+                        dropped += 1
+                    else:
+                        send(replacement)
+                else:
+                    again.append(message)
+            for message in again:
+                send(message)
+            if not batch and not remaining:
+                return
+            if again or remaining:
+                raise InfrastructureError("kafka", f"write to {topic} not acknowledged yet "
+                                                   f"({remaining + len(again)} pending)")
+
+    for message in messages:
+        send(message)
+    retry_until_stopped(wait_for_acks, stop)
+    return len(messages) - dropped
+
+
 def commit(consumer_client, next_offsets: dict[tuple[str, int], int]) -> None:
     """Commit synchronously, for each (topic, partition), the offset of the next message to read."""
     from confluent_kafka import KafkaException, TopicPartition
@@ -262,6 +345,71 @@ def commit(consumer_client, next_offsets: dict[tuple[str, int], int]) -> None:
         consumer_client.commit(offsets=offsets, asynchronous=False)
     except KafkaException as exc:
         raise translate(exc, "committing offsets") from None
+
+
+def cached_lag(consumer_client) -> dict[tuple[str, int], int] | None:
+    """(topic, partition) -> messages between the consumer's position and the high watermark, for
+    the assigned partitions; None when it cannot be told. The high watermark is the cached one,
+    which comes with every fetch: asking the broker costs a request per partition."""
+    try:
+        assignment = consumer_client.assignment()
+        lag = {}
+        for tp in consumer_client.position(assignment) if assignment else []:
+            low, high = consumer_client.get_watermark_offsets(tp, cached=True)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[(tp.topic, tp.partition)] = max(high - position, 0)
+        return lag
+    except Exception:  # lag is informative only
+        return None
+
+
+def committed_lag(consumer_client, timeout: float = 10.0) -> dict[tuple[str, int], int] | None:
+    """(topic, partition) -> messages between the group's committed offset and the high watermark
+    (asked of the broker), for the assigned partitions: 0 everywhere means all is committed.
+    None when the broker cannot tell now."""
+    from confluent_kafka import KafkaException
+
+    try:
+        assignment = consumer_client.assignment()
+        lag = {}
+        for tp in consumer_client.committed(assignment, timeout=timeout) if assignment else []:
+            low, high = consumer_client.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            done = tp.offset if tp.offset >= 0 else low
+            lag[(tp.topic, tp.partition)] = max(high - max(done, low), 0)
+        return lag
+    except KafkaException as exc:
+        log.info("lag unknown: %s", translate(exc, "reading committed offsets"))
+        return None
+
+
+def restart_fetch(consumer_client, topics: list[str], behind: Iterable[tuple[str, int]], hard: bool = False,
+                  **callbacks) -> None:
+    """Start the fetch of the partitions `behind` (assigned, with lag, quiet) again, from their
+    committed offsets.
+
+    A partition whose fetcher never started (its position unknown) was left waiting for its
+    committed offset: after a broker restart the OffsetFetch can meet a stale group coordinator,
+    which answers NOT_COORDINATOR for the whole request, and librdkafka (2.16) neither retries
+    it nor starts the fetcher (confluentinc/librdkafka#5586). Only a new assignment asks again:
+    leave the group and subscribe again (also when `hard`, or when a seek is refused). A
+    partition that fetched before and went quiet is resumed and moved back to its committed offset
+    by a seek, which restarts its fetcher whatever state it was stuck in."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    try:
+        stalled = [TopicPartition(topic, partition) for topic, partition in behind]
+        if stalled:
+            consumer_client.resume(stalled)  # the pipeline never pauses: a paused partition is stalled too
+        never_started = any(tp.offset < 0 for tp in consumer_client.position(stalled)) if stalled else False
+        if not hard and not never_started:
+            for tp in consumer_client.committed(stalled, timeout=10) if stalled else []:
+                low, _ = consumer_client.get_watermark_offsets(tp, timeout=10, cached=False)
+                consumer_client.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else low))
+            return
+    except KafkaException as exc:
+        log.warning("seek refused (%s); subscribing again", translate(exc, "seeking"))
+    consumer_client.unsubscribe()
+    consumer_client.subscribe(topics, **callbacks)
 
 
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from imgpipe.deadletters import Stage
 from imgpipe.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ConsumerMetrics:
                          ["topic", "partition"], registry=r)
         self.in_flight = Gauge("imgpipe_consumer_images_in_flight", "Images being fetched, processed or stored",
                                registry=r)
-        for stage in ("validate", "fetch", "guard", "budget", "decode", "process", "store", "index"):
+        for stage in Stage:
             self.dead_letters.labels(stage)  # every stage shows, at 0, from the start
         for service in ("s3", "meilisearch", "kafka"):
             self.retries.labels(service)

@@ -85,13 +85,7 @@ class EventSender:
             def callback(err, msg):
                 account(err, msg)
                 on_result(err is None)
-        while True:
-            try:
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=callback)
-                break
-            except BufferError:
-                # The local queue is full: let deliveries drain, then try again.
-                self._producer.poll(0.5)
+        kafka.produce(self._producer, self.topic, key, value, on_delivery=callback)
         self._producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> int:

@@ -41,7 +41,7 @@ def unique() -> str:
 
 @pytest.fixture
 def settings(stack: Settings, unique: str) -> Settings:
-    """Stack settings with a fresh topic, dead-letter topic, group, index and S3 prefixes, all
+    """Stack settings with a fresh topic, dead-letter topic, indexed topic, group, index and S3 prefixes, all
     deleted afterwards. The index is made as every set-up makes it (imgpipe/access.py, with the
     master key, less the embedder): the stack's consumer key may write to test_* indexes but not create or delete
     them; tests that need more administer with `admin(settings)` (tests/helpers.py)."""
@@ -49,10 +49,12 @@ def settings(stack: Settings, unique: str) -> Settings:
 
     isolated = stack.with_overrides(
         kafka_topic=f"test-{unique}", kafka_dead_letter_topic=f"test-{unique}-dlq",
+        kafka_indexed_topic=f"test-{unique}-indexed",
         kafka_consumer_group=f"test-group-{unique}", meili_index=f"test_{unique}",
         s3_raw_prefix=f"test-{unique}/raw/", s3_processed_prefix=f"test-{unique}/processed/",
         kafka_topic_partitions=3)
-    kafka.ensure_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic])
+    topics = [isolated.kafka_topic, isolated.kafka_dead_letter_topic, isolated.kafka_indexed_topic]
+    kafka.ensure_topics(isolated, topics)
     # Without the embedder: a test may add documents without descriptors; the consumer adds it.
     access.prepare_index(isolated, isolated.meili_master_key, isolated.meili_index, embedder=False)
     yield isolated
@@ -63,7 +65,7 @@ def settings(stack: Settings, unique: str) -> Settings:
     except Exception:  # the test may have stopped MeiliSearch
         pass
     try:
-        kafka.delete_topics(isolated, [isolated.kafka_topic, isolated.kafka_dead_letter_topic], timeout=15)
+        kafka.delete_topics(isolated, topics, timeout=15)
     except Exception:  # clean-up only: a broker restarted by the test may still be busy
         pass
     from imgpipe import s3

@@ -5,6 +5,7 @@ Every pass criterion counts documents and messages, not log lines.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -19,6 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Small batches and one worker make a run last long enough to be interrupted in the middle.
 SLOW = ["--batch-size", "4", "--workers", "1", "--no-progress", "--status-interval", "1"]
+
+
+def managed(service, what: str):
+    """The stack's own service, which this test may stop (not a server someone else runs)."""
+    if service.pid() is None:
+        pytest.fail(f"this test {what} {service.name} and needs the one the test session manages")
+    return service
 
 
 def put_images(settings, count: int, size=(480, 360)) -> list[str]:
@@ -41,6 +49,15 @@ def assert_exactly(settings, keys: list[str]) -> None:
     docs = all_documents(settings)
     assert sorted(d["key"] for d in docs) == sorted(keys)
     assert len({d["id"] for d in docs}) == len(keys)
+
+
+def start_and_wait_for_the_first_batches(settings, tmp_path, idle_seconds: str):
+    """A slow consumer that ends after `idle_seconds` of quiet, once it indexed a few images."""
+    log, summary = tmp_path / "consumer.log", tmp_path / "summary.json"
+    proc = start_script("consumer/image_consumer.py",
+                        SLOW + ["--max-idle-seconds", idle_seconds, "--summary-json", str(summary)], settings, log)
+    wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
+    return proc, log, summary
 
 
 def finish(proc, log_path, timeout: float = 180) -> str:
@@ -66,16 +83,11 @@ def test_kill_9_mid_batch_then_restart_indexes_exactly_m(settings, tmp_path):
 
 
 def test_meilisearch_down_for_15_seconds_loses_nothing_and_dead_letters_nothing(stack, settings, tmp_path):
-    meili = MeiliSearch(stack)
-    if meili.pid() is None:
-        pytest.fail("this test stops MeiliSearch and needs the one the test session manages")
+    meili = managed(MeiliSearch(stack), "stops")
     keys = put_images(settings, 40)
     produce_all(settings)
-    log, summary = tmp_path / "consumer.log", tmp_path / "summary.json"
-    proc = start_script("consumer/image_consumer.py",
-                        SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], settings, log)
+    proc, log, summary = start_and_wait_for_the_first_batches(settings, tmp_path, "8")
     try:
-        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
         meili.stop()
         time.sleep(15)
     finally:
@@ -88,9 +100,7 @@ def test_meilisearch_down_for_15_seconds_loses_nothing_and_dead_letters_nothing(
 
 
 def test_kafka_restart_while_producing_delivers_every_event_once(stack, settings, tmp_path):
-    kafka = Kafka(stack)
-    if kafka.pid() is None:
-        pytest.fail("this test restarts Kafka and needs the broker the test session manages")
+    kafka = managed(Kafka(stack), "restarts")
     tiny = encode(gradient_pattern(16, 16), ".png")
     keys = upload(settings, {f"tiny-{i:03d}.png": tiny for i in range(240)})
     log = tmp_path / "producer.log"
@@ -115,16 +125,11 @@ def committed_total(settings) -> int:
 
 
 def test_s3_down_for_a_while_is_retried_and_nothing_is_committed_past_it(stack, settings, tmp_path):
-    server = S3(stack)
-    if server.pid() is None:
-        pytest.fail("this test stops the S3 server and needs the one the test session manages")
+    server = managed(S3(stack), "stops")
     keys = put_images(settings, 40)
     produce_all(settings)
-    log, summary = tmp_path / "consumer.log", tmp_path / "summary.json"
-    proc = start_script("consumer/image_consumer.py",
-                        SLOW + ["--max-idle-seconds", "8", "--summary-json", str(summary)], settings, log)
+    proc, log, summary = start_and_wait_for_the_first_batches(settings, tmp_path, "8")
     try:
-        wait_for(lambda: document_count(settings) >= 4, 120, "the first batches", interval=0.1)
         server.stop()  # the objects are files: they are all there when it comes back
         time.sleep(3)
         stalled_docs, stalled_commits = document_count(settings), committed_total(settings)
@@ -186,3 +191,24 @@ def test_sigterm_while_meilisearch_is_unreachable_at_start_up_exits_cleanly(sett
     proc.send_signal(signal.SIGTERM)
     text = finish(proc, log, timeout=60)
     assert "stopped before start-up finished" in text and "Traceback" not in text
+
+
+def test_broker_killed_and_restarted_during_a_drain_every_message_is_committed_when_the_consumer_exits_0(
+        stack, settings, tmp_path):
+    broker = managed(Kafka(stack), "kills")
+    keys = put_images(settings, 60)
+    produce_all(settings)
+    proc, log, _ = start_and_wait_for_the_first_batches(settings, tmp_path, "5")
+    try:
+        pid = broker.pid()
+        os.killpg(pid, signal.SIGKILL)  # as a crash or an OOM kill would: no clean shutdown
+        wait_for(lambda: broker.pid() is None, 30, "the broker to die", interval=0.1)
+        time.sleep(3)
+    finally:
+        broker.start()
+    text = finish(proc, log, timeout=300)
+    assert_exactly(settings, keys)
+    # Exit 0 means done: every message of the topic committed by the group, none left behind.
+    ends = kafka.end_offsets(settings, settings.kafka_topic)
+    assert sum(ends.values()) == len(keys)
+    assert kafka.committed_offsets(settings, settings.kafka_topic) == ends, text[-3000:]

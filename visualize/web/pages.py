@@ -288,9 +288,10 @@ def dead_letters():
         if exc.kind != NOT_FOUND:
             raise
         letters = None
-    rows = [{"failed_at": letter.headers.get("failed_at", ""), "stage": letter.stage, "reason": letter.reason,
+    rows = [{"failed_at": letter.headers.get(deadletters.FAILED_AT, ""), "stage": letter.stage, "reason": letter.reason,
              "key": letter.object_key or (letter.key or b"").decode("utf-8", "replace"),
-             "error_class": letter.headers.get("error_class", ""), "attempts": letter.headers.get("attempts", ""),
+             "error_class": letter.headers.get(deadletters.ERROR_CLASS, ""),
+             "attempts": letter.headers.get(deadletters.ATTEMPTS, ""),
              "position": f"{letter.partition}@{letter.offset}", "cut": letter.cut}
             for letter in letters or []]
     stages: dict[str, int] = {}

@@ -1,0 +1,178 @@
+"""The consumer's ledger, without Kafka, MeiliSearch or S3: the orderings that decide what is
+indexed, what is dead-lettered and which offsets are committed."""
+from __future__ import annotations
+
+from consumer.ledger import (SUPERSEDED, DeadLettered, Deleted, Indexed, Ledger, MessageRef, Superseded)
+from imgpipe.events import ImageEvent
+
+TOPIC = "events"
+
+
+def event(key: str, delete: bool = False, sequencer: str | None = None) -> ImageEvent:
+    if delete:
+        return ImageEvent.deletion("raw", key, "2026-12-01T00:00:00Z", sequencer)
+    return ImageEvent("raw", key, 10, f"etag-{key}", "2026-12-01T00:00:00Z", "2026-12-01T00:00:00Z",
+                      sequencer=sequencer)
+
+
+def doc(key: str) -> dict:
+    return {"id": f"id-{key}", "key": key}
+
+
+def ledger(batch_size: int = 100) -> Ledger:
+    return Ledger(batch_size=batch_size, batch_seconds=0.5)
+
+
+def add(book: Ledger, partition: int, offset: int, key: str | None, **kw):
+    return book.add(MessageRef(TOPIC, partition, offset), event(key, **kw) if key else None)
+
+
+def confirm_all(book: Ledger, refused: dict[int, str] | None = None):
+    batch = book.take_batch()
+    book.confirm(batch, refused)
+    return batch
+
+
+def test_out_of_order_completion_across_partitions_commits_each_partition_up_to_its_oldest_unfinished():
+    book = ledger()
+    a0, a1 = add(book, 0, 0, "a0"), add(book, 0, 1, "a1")
+    b0, b1 = add(book, 1, 0, "b0"), add(book, 1, 1, "b1")
+    # Partition 1's second image and partition 0's second finish first.
+    book.finish(b1, Indexed(doc("b1")))
+    book.finish(a1, Indexed(doc("a1")))
+    confirm_all(book)
+    assert book.commit_offsets() == {}  # each partition's first message is still running
+    book.finish(b0, Indexed(doc("b0")))
+    confirm_all(book)
+    assert book.commit_offsets() == {(TOPIC, 1): 2}
+    book.finish(a0, Indexed(doc("a0")))
+    confirm_all(book)
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+    assert book.in_flight == 0
+
+
+def test_a_slow_image_holds_back_only_its_own_partition():
+    book = ledger()
+    slow = add(book, 0, 0, "slow")
+    behind = add(book, 0, 1, "behind")
+    others = [add(book, 1, offset, f"fast-{offset}") for offset in range(5)]
+    for work in [behind] + others:
+        book.finish(work, Indexed(doc(work.event.key)))
+    batch = confirm_all(book)
+    assert [w.outcome.document["key"] for w in batch.indexed] == ["behind"] + [f"fast-{i}" for i in range(5)]
+    assert book.commit_offsets() == {(TOPIC, 1): 5}
+    assert book.in_flight == 2 and book.running == [slow]
+    book.finish(slow, Indexed(doc("slow")))
+    confirm_all(book)
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+
+
+def test_two_events_of_one_object_the_second_waits_the_first_is_superseded_both_are_committed():
+    book = ledger()
+    first = add(book, 0, 0, "cat.jpg")
+    second = add(book, 0, 1, "cat.jpg")
+    assert first.waits_for is None and second.waits_for is first
+    book.finish(first, Indexed(doc("cat.jpg")))
+    book.finish(second, Indexed({**doc("cat.jpg"), "etag": "new"}))
+    batch = confirm_all(book)
+    assert batch.documents == [{**doc("cat.jpg"), "etag": "new"}]
+    assert first.outcome is SUPERSEDED
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+
+
+def test_an_event_already_sent_to_meilisearch_is_not_superseded_by_a_later_one():
+    book = ledger()
+    first = add(book, 0, 0, "cat.jpg")
+    book.finish(first, Indexed(doc("cat.jpg")))
+    sent = book.take_batch()
+    second = add(book, 0, 1, "cat.jpg")
+    assert second.waits_for is first
+    assert sent.documents == [doc("cat.jpg")]  # MeiliSearch applies the two tasks in order
+    book.finish(second, Indexed(doc("cat.jpg")))
+    assert book.newer_ids(sent) == {"id-cat.jpg"}  # a failed first add must not be redone over it
+    book.confirm(sent)
+    assert isinstance(first.outcome, Indexed)
+    assert book.commit_offsets() == {(TOPIC, 0): 1}
+
+
+def test_an_older_event_delivered_late_is_superseded_without_running():
+    book = ledger()
+    newer = add(book, 0, 0, "cat.jpg", sequencer="0055AED6DCD90281E6")
+    older = add(book, 0, 1, "cat.jpg", sequencer="0055AED6DCD90281E5")
+    assert isinstance(older.outcome, Superseded) and older not in book.running
+    book.finish(newer, Indexed(doc("cat.jpg")))
+    batch = confirm_all(book)
+    assert batch.documents == [doc("cat.jpg")] and not newer.replaced
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+
+
+def test_a_delete_after_an_upsert_sends_only_the_deletion():
+    book = ledger()
+    upsert = add(book, 0, 0, "cat.jpg")
+    delete = add(book, 0, 1, "cat.jpg", delete=True)
+    book.finish(upsert, Indexed(doc("cat.jpg")))
+    book.finish(delete, Deleted("id-cat.jpg"))
+    batch = confirm_all(book)
+    assert batch.documents == [] and batch.deletion_ids == ["id-cat.jpg"]
+    assert upsert.outcome is SUPERSEDED and batch.deleted == [delete]
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+
+
+def test_a_dead_letter_is_reported_and_committed_like_any_other_outcome():
+    book = ledger()
+    broken = add(book, 0, 0, None)  # unreadable message: no event
+    good = add(book, 0, 1, "cat.jpg")
+    book.finish(broken, DeadLettered("validate", "not JSON"))
+    book.finish(good, Indexed(doc("cat.jpg")))
+    batch = confirm_all(book)
+    assert [w.outcome for w in batch.reported()] == [DeadLettered("validate", "not JSON"), Indexed(doc("cat.jpg"))]
+    assert batch.documents == [doc("cat.jpg")]
+    assert book.commit_offsets() == {(TOPIC, 0): 2}
+
+
+def test_a_document_meilisearch_refused_becomes_a_dead_letter_at_the_index_stage_and_is_committed():
+    book = ledger()
+    works = [add(book, 0, offset, f"img-{offset}") for offset in range(3)]
+    for work in works:
+        book.finish(work, Indexed(doc(work.event.key)))
+    batch = book.take_batch()
+    book.confirm(batch, {1: "MeiliSearch refused the document (invalid_vectors)"})
+    assert works[1].outcome == DeadLettered("index", "MeiliSearch refused the document (invalid_vectors)")
+    assert isinstance(works[0].outcome, Indexed) and isinstance(works[2].outcome, Indexed)
+    assert book.commit_offsets() == {(TOPIC, 0): 3}
+
+
+def test_a_revoke_mid_flight_drops_the_partitions_works_and_never_commits_them():
+    book = ledger()
+    kept = add(book, 0, 0, "kept")
+    sent = add(book, 1, 0, "sent")
+    done = add(book, 1, 1, "done")
+    running = add(book, 1, 2, "running")
+    book.finish(sent, Indexed(doc("sent")))
+    in_meili = book.take_batch()
+    book.finish(done, Indexed(doc("done")))
+    assert book.drop([(TOPIC, 1)]) == [sent, done, running]
+    assert book.in_flight == 1 and book.done_count == 0 and book.running == [kept]
+    book.finish(running, Indexed(doc("running")))  # its processing ends after the revoke: ignored
+    assert book.done_count == 0
+    book.confirm(in_meili)
+    assert in_meili.reported() == []  # the next owner processes (and reports) it again
+    book.finish(kept, Indexed(doc("kept")))
+    confirm_all(book)
+    assert book.commit_offsets() == {(TOPIC, 0): 1}
+    # A new event of a dropped object does not wait for the dropped one.
+    assert add(book, 0, 1, "running").waits_for is None
+
+
+def test_a_batch_is_due_when_full_when_idle_or_when_its_oldest_waited_long_enough():
+    book = ledger(batch_size=3)
+    assert not book.batch_due(now=0.0, full=True, idle=True)  # nothing done
+    works = [add(book, 0, offset, f"img-{offset}") for offset in range(4)]
+    book.finish(works[0], Indexed(doc("img-0")))
+    assert not book.batch_due(now=0.1, full=False, idle=False)
+    assert book.batch_due(now=0.1, full=True, idle=False)
+    assert not book.batch_due(now=0.1, full=False, idle=True)  # others still running
+    assert book.batch_due(now=0.6, full=False, idle=False)  # MeiliSearch has nothing else: latency
+    book.finish(works[1], Indexed(doc("img-1")))
+    book.finish(works[2], Indexed(doc("img-2")))
+    assert book.batch_due(now=0.1, full=False, idle=False)  # a batch's worth
