@@ -135,9 +135,10 @@ class Indexer:
 
             return retry_until_stopped(attempt, self.stop)
 
-        # update_documents (PUT) merges into the stored document, so the fields an enrichment
-        # stage added (faces, text, ...) survive a core re-index; add_documents would replace them.
-        add_task = (enqueue(lambda: self.index.update_documents(documents, primary_key="id"),
+        # add_documents replaces the stored document: the fields an enrichment stage added to an
+        # older version (faces, text) must not stay on a newer one. The announcement this index
+        # task is followed by has the enrichers add them again for the version now indexed.
+        add_task = (enqueue(lambda: self.index.add_documents(documents, primary_key="id"),
                             f"indexing {len(documents)} documents") if documents else None)
         delete_task = (enqueue(lambda: self.index.delete_documents(list(delete_ids)),
                                f"deleting {len(delete_ids)} documents") if delete_ids else None)
@@ -206,7 +207,7 @@ class Indexer:
         def add_and_wait() -> None:
             try:
                 with meili.errors(f"indexing {len(part)} documents", self.settings, self.settings.meili_index):
-                    task = self.index.update_documents(part, primary_key="id")
+                    task = self.index.add_documents(part, primary_key="id")
                 self._wait(task.task_uid, f"indexing {len(part)} documents")
             except meili.MeiliError as exc:
                 if _about_the_documents(exc):

@@ -35,6 +35,7 @@ class Stage(enum.StrEnum):
     """Where a message failed, in pipeline order. A stage of a new consumer (an enricher) is one
     more line here; MessageError(stage, reason) takes a Stage or its text."""
 
+    NOTIFICATION = "notification"  # an S3 server's bucket notification the producer cannot read
     VALIDATE = "validate"  # the event itself (not JSON, missing fields, a bucket not allowed)
     FETCH = "fetch"  # the object is gone or unreadable
     GUARD = "guard"  # refused before decoding (not an image, too many pixels, a bomb)

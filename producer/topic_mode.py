@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from imgpipe import kafka, s3
+from imgpipe.deadletters import VALUE_TRUNCATED, Stage, dead_letter_headers
 from imgpipe.errors import MessageError
 from imgpipe.events import DELETE, MAX_EVENT_BYTES, ImageEvent, event_for_object, parse_iso, to_iso
 from imgpipe.retry import Stopped, retry_until_stopped
@@ -37,7 +38,7 @@ FLUSH_SECONDS = 30.0  # how long a batch's events may wait for Kafka before the 
 BATCH_MESSAGES = 500
 STATUS_EVERY_SECONDS = 10.0
 MAX_NOTIFICATION_BYTES = 256 * 1024  # a notification is a few hundred bytes: anything far larger is junk
-DEAD_LETTER_STAGE = "notification"
+DEAD_LETTER_STAGE = Stage.NOTIFICATION
 
 
 def refined_event_time(event_time: str, timestamp: tuple[int, int]) -> str:
@@ -273,14 +274,12 @@ class TopicProducer:
                           last_modified=confirmed.last_modified, event_time=event.event_time)
 
     def _dead_letter(self, msg, reason: str, acknowledged: list[bool]) -> None:
-        from consumer.deadletter import dead_letter_headers
-
         log.warning("malformed notification at %s[%d]@%d dead-lettered: %s", msg.topic(), msg.partition(),
                     msg.offset(), reason)
         value = msg.value()
         headers = dead_letter_headers(msg, MessageError(DEAD_LETTER_STAGE, reason), 1)
         if value is not None and len(value) > MAX_EVENT_BYTES:
-            headers.append(("value_truncated", b"true"))
+            headers.append((VALUE_TRUNCATED, b"true"))
             headers.append(("original_value_bytes", str(len(value)).encode()))
             value = value[:MAX_EVENT_BYTES]
         acknowledged.append(False)

@@ -245,9 +245,10 @@ def test_producer_fails_fast_with_one_line_when_kafka_is_unreachable_or_the_topi
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_a_core_reindex_keeps_the_fields_the_enrichment_stage_added(settings):
-    # The enricher merges `faces` into the core's document; a later core re-index of the same
-    # object (a changed ETag, a redrive) must merge too, never drop or overwrite that count.
+def test_a_core_reindex_of_a_changed_object_drops_what_was_enriched_from_the_older_version(settings):
+    # The enricher adds `faces` to the core's document of one version (ETag). When the object
+    # changes, the core document of the new version replaces the old one whole: an older version's
+    # faces must never stand on a newer image (the announcement has the enricher add them again).
     keys = upload(settings, {"enriched.jpg": encode(gradient_pattern(90, 60, 3), ".jpg")})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
     assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
@@ -256,7 +257,10 @@ def test_a_core_reindex_keeps_the_fields_the_enrichment_stage_added(settings):
     doc_id = document_id(settings.s3_bucket, keys[0])
     task = index.update_documents([{"id": doc_id, "faces": 3}], primary_key="id")
     meili.wait_for_task(meili.client(master), master, task.task_uid, "enriching", settings.meili_index)
+    assert dict(index.get_document(doc_id))["faces"] == 3
+    upload(settings, {"enriched.jpg": encode(gradient_pattern(120, 80, 3), ".jpg")})
     assert run_script("producer/image_producer.py", ["--no-progress"], settings).returncode == 0
     assert run_script("consumer/image_consumer.py", CONSUME, settings).returncode == 0
-    document = index.get_document(doc_id)
-    assert (document.width, document.height, document.faces) == (90, 60, 3)
+    document = dict(index.get_document(doc_id))
+    assert (document["width"], document["height"]) == (120, 80)
+    assert "faces" not in document
