@@ -66,6 +66,8 @@ import pillow_heif  # noqa: E402  (registered below, before Image.init reads the
 import pillow_jxl  # noqa: E402,F401  (registers JXL with Pillow on import)
 
 pillow_heif.register_heif_opener()
+# One thread per decode: the consumer's parallelism is its worker processes, one per core.
+pillow_heif.options.DECODE_THREADS = 1
 Image.init()
 _NEVER_OPEN = {"EPS", "PDF", "MPEG", "BUFR", "GRIB", "HDF5", "FITS", "WMF"}
 for _name in _NEVER_OPEN:
