@@ -42,9 +42,10 @@ def build_parser():
     p = cli.parser("python -m bench.formats_corpus", __doc__, [
         "python -m bench.formats_corpus --corpus /tmp/pillow-sdist/pillow-13.0.0/Tests/images",
         "python -m bench.formats_corpus --corpus ~/Pictures --workers 2 --out /tmp/formats.json",
-        "MAX_IMAGE_PIXELS=50000000 python -m bench.formats_corpus --corpus DIR --keep   # keep the index"])
+        "MAX_IMAGE_PIXELS=50000000 python -m bench.formats_corpus --corpus DIR --keep   # the consumer's settings apply"])
     p.add_argument("--corpus", type=Path, required=True, help="folder of files (read recursively)")
-    p.add_argument("--workers", type=int, default=2, help="the consumer's worker processes (env CONSUMER_WORKERS)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="the consumer's worker processes (passed as --workers, so CONSUMER_WORKERS does not apply)")
     p.add_argument("--out", type=Path, help="also write the per-file verdicts and the totals as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the run's topics, index and S3 objects")
     p.add_argument("--classify-worker", action="store_true", help=argparse.SUPPRESS)
@@ -324,7 +325,7 @@ def report(paths, corpus: Path, verdicts, documents, dead, summary, out: Path | 
         print("\ndecodable files not indexed (file, decoders, stage: reason):")
         for r in missed:
             decoders = "+".join(d for d in ("opencv", "pillow") if r[d])
-            print(cli.printable(f"  {r['file']}  [{decoders}, {r['pillow_format']}]  {r['stage']}: {r['reason']}"))
+            print(cli.printable(f"  {r['file']}  [{decoders}, {r.get('pillow_format')}]  {r['stage']}: {r['reason']}"))
     if out:
         out.write_text(json.dumps({"totals": totals, "files": rows}, indent=2))
         print(f"\nwrote {out}")

@@ -21,7 +21,7 @@ and a combination), every copy scores above every unrelated image, against 94-98
 Hamming distance; it also keeps grayscale copies and most 20% crops, 10 degree tilts and heavy
 combinations. Mirrored copies are mostly not found (4-41%; pHash 0%). Cost: 0.35 ms per
 1280x960 photo on one core, on top of the working image and thumbnail processing.py already
-has (process_image itself: 17 ms, 7.8 ms without face detection).
+has (process_image itself: 7.8 ms when this was measured).
 
 A flat image has no layout or gradients and describes by its colour alone; a vector that
 would be all zero (nothing in this design produces one, but Meili and cosine need a direction)

@@ -20,6 +20,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+import pillow_heif
+import pillow_jxl  # noqa: F401  (registers JPEG XL with Pillow on import)
 from PIL import Image, UnidentifiedImageError
 
 from imgpipe.errors import MessageError
@@ -62,10 +64,9 @@ def opencv_max_image_pixels() -> int:
 # holds: it is unregistered here, and every Image.open names the plugins it may use (`formats=`),
 # so no path can reach it. The stub plugins only identify their formats (they need a handler to
 # decode), so they would identify a file that can never be decoded.
-import pillow_heif  # noqa: E402  (registered below, before Image.init reads the plugin list)
-import pillow_jxl  # noqa: E402,F401  (registers JXL with Pillow on import)
-
 pillow_heif.register_heif_opener()
+# One thread per decode: the consumer's parallelism is its worker processes, one per core.
+pillow_heif.options.DECODE_THREADS = 1
 Image.init()
 _NEVER_OPEN = {"EPS", "PDF", "MPEG", "BUFR", "GRIB", "HDF5", "FITS", "WMF"}
 for _name in _NEVER_OPEN:

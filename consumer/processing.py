@@ -39,8 +39,8 @@ from PIL import Image, UnidentifiedImageError
 
 from consumer import imageguard
 from consumer.descriptor import describe
+from consumer.options import ProcessingOptions  # noqa: F401  (its home before; callers import it here)
 from imgpipe.errors import InfrastructureError, MessageError
-from imgpipe.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,30 +64,6 @@ _JPEG_REDUCED = {
 # With IMREAD_UNCHANGED (needed to keep alpha and 16-bit samples) OpenCV leaves the EXIF
 # orientation to us for PNG and WebP, but its TIFF reader applies it itself.
 _ORIENTED_BY_US = {"png", "webp"}
-
-
-_DEFAULTS = Settings()  # the one place processing defaults live
-
-
-@dataclass(frozen=True)
-class ProcessingOptions:
-    thumbnail_size: int = _DEFAULTS.thumbnail_size  # longest side of the thumbnail
-    max_image_pixels: int = _DEFAULTS.max_image_pixels
-    max_object_bytes: int = _DEFAULTS.max_object_bytes
-    grayscale_max_size: int = _DEFAULTS.grayscale_max_size  # longest side of the grayscale version; 0 = full
-    max_decode_bytes: int = _DEFAULTS.max_decode_bytes  # decoded pixels, estimated from the header
-
-    def __post_init__(self):
-        if self.thumbnail_size < 1 or self.grayscale_max_size < 0:
-            raise ValueError(f"invalid sizes: thumbnail_size={self.thumbnail_size}, "
-                             f"grayscale_max_size={self.grayscale_max_size}")
-
-    @classmethod
-    def from_settings(cls, settings) -> "ProcessingOptions":
-        """Options from imgpipe.settings.Settings."""
-        return cls(thumbnail_size=settings.thumbnail_size, max_image_pixels=settings.max_image_pixels,
-                   max_object_bytes=settings.max_object_bytes,
-                   grayscale_max_size=settings.grayscale_max_size, max_decode_bytes=settings.max_decode_bytes)
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,23 @@ def test_a_user_mistake_is_one_line_and_exit_2(args, message):
     assert process.returncode == 2
     assert process.stderr.strip() == message
     assert process.stdout == ""
+
+
+def test_the_formats_corpus_report_counts_each_file_by_what_decodes_it_and_what_became_of_it(tmp_path):
+    from bench.formats_corpus import report
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    paths = [corpus / name for name in ("a.png", "b.tga", "c.bin", "d.jp2")]
+    verdicts = {str(paths[0]): {"opencv": True, "pillow": True}, str(paths[1]): {"opencv": False, "pillow": True},
+                str(paths[2]): {"opencv": False, "pillow": False}, str(paths[3]): {"opencv": True, "pillow": False}}
+    documents = {"a.png": {"format": "png"}, "b.tga": {"format": "tga"}}
+    dead = {"c.bin": {"stage": "guard", "reason": "not an image"}, "d.jp2": {"stage": "decode", "reason": "x"}}
+    summary = {"peak_tree_rss_mb": 300.0, "wall_seconds": 5.0, "active_seconds": 3.0}
+    out = tmp_path / "out.json"
+    assert report(paths, corpus, verdicts, documents, dead, summary, out) == 1  # d.jp2: OpenCV decodes it
+    totals = json.loads(out.read_text())["totals"]
+    assert (totals["opencv_decodable"], totals["opencv_indexed"], totals["pillow_only"],
+            totals["pillow_only_indexed"], totals["lost"]) == (2, 1, 1, 1, 0)
+    del verdicts[str(paths[3])], dead["d.jp2"]
+    assert report(paths[:3], corpus, verdicts, documents, dead, summary, None) == 0

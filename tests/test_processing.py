@@ -352,3 +352,19 @@ def test_compressed_text_chunks_cannot_inflate_the_decoders_memory():
     assert results.strip() == "['guard truncated or corrupt PNG header (Decompressed data too large for " \
                               "PngImagePlugin.MAX_TEXT_CHUNK)', 64]"
     assert int(grown_mb) < 64
+
+
+def test_the_consumers_main_process_does_not_load_the_decoders():
+    # Only the workers decode: the main process builds its options without cv2, numpy or the codecs
+    # (part of the consumer's start-up, measured by bench's consumer_startup).
+    import subprocess
+    import sys
+
+    script = ("import sys, consumer.loop, consumer.image_consumer\n"
+              "from consumer.options import ProcessingOptions\n"
+              "from imgpipe.settings import Settings\n"
+              "ProcessingOptions.from_settings(Settings())\n"
+              "print(sorted(m for m in ('cv2', 'numpy', 'PIL', 'pillow_heif') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
