@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from imgpipe import kafka, retry, s3
 from imgpipe.errors import InfrastructureError, MessageError
 from imgpipe.events import DELETE, ImageEvent, compare_sequencers, parse_event
+from imgpipe.indexed import IndexedImage
 from imgpipe.retry import Stopped
 from imgpipe.settings import Settings
 
@@ -96,6 +97,7 @@ class BatchConsumer:
         self._finished: set[int] = set()  # id() of works indexed or dead-lettered, not yet committed
         self._last_of_object: dict[tuple[str, str], Work] = {}  # the newest unfinished event per object
         self._in_flight = 0
+        self._announcer = None  # a producer to KAFKA_INDEXED_TOPIC, when set
 
     # Rebalance callbacks run inside consume(). Before partitions go, every message polled so
     # far is finished and committed, so the member that gets them next starts after our commit.
@@ -143,6 +145,11 @@ class BatchConsumer:
         processing = ProcessingPool(self.settings, self.workers)
         self._handler = ImageHandler(self.settings, store, processing)
         self._dead_letters = DeadLetterWriter(self.settings, self.stop)
+        # The enrichment stages learn from KAFKA_INDEXED_TOPIC what MeiliSearch confirmed.
+        self._announcer = None
+        if self.settings.kafka_indexed_topic:
+            kafka.ensure_topics(self.settings, [self.settings.kafka_indexed_topic])
+            self._announcer = kafka.producer(self.settings, **{"linger.ms": 5})
         if self.metrics is not None:
             retry.retry_observers.append(self.metrics.retried)
         consumer = self._consumer = kafka.consumer(self.settings, **{"max.poll.interval.ms": 900_000})
@@ -185,6 +192,8 @@ class BatchConsumer:
                     work.future.cancel()
             processing.close(wait=not self.stop.is_set())
             self._dead_letters.close()
+            if self._announcer is not None:
+                self._announcer.flush(10)
             consumer.close()  # leaves the group at once, so partitions move without waiting
             if self.metrics is not None and self.metrics.retried in retry.retry_observers:
                 retry.retry_observers.remove(self.metrics.retried)
@@ -361,9 +370,42 @@ class BatchConsumer:
             self._finished.add(id(work))
             if work.key is not None and self._last_of_object.get(work.key) is work:
                 del self._last_of_object[work.key]
+        self._announce(group)
         self._commit_finished()
         if self.on_batch:
             self.on_batch(len(group.works))
+
+    def _announce(self, group: Group) -> None:
+        """One IndexedImage per document or deletion MeiliSearch confirmed, acknowledged by the
+        broker before the offsets are committed (a crash in between announces again: enrichers
+        are idempotent)."""
+        if self._announcer is None:
+            return
+        for work in group.works:
+            if work.superseded or work.event is None:
+                continue
+            if isinstance(work.outcome, dict):
+                announcement = IndexedImage.of_document(work.outcome, work.event.sequencer)
+            elif isinstance(work.outcome, str):
+                announcement = IndexedImage.deletion(work.outcome, work.event.bucket, work.event.key,
+                                                     work.event.event_time, work.event.sequencer)
+            else:
+                continue
+            while True:
+                try:
+                    self._announcer.produce(self.settings.kafka_indexed_topic, key=announcement.message_key,
+                                            value=announcement.to_json())
+                    break
+                except BufferError:
+                    self._announcer.poll(0.2)
+
+        def flushed() -> None:
+            remaining = self._announcer.flush(10)
+            if remaining:
+                raise InfrastructureError("kafka", f"{remaining} announcement(s) to "
+                                          f"{self.settings.kafka_indexed_topic} not acknowledged yet")
+
+        retry.retry_until_stopped(flushed, self.stop)
 
     def _commit_finished(self) -> None:
         """Per partition, commit past the finished works at its head (its oldest unfinished
