@@ -49,6 +49,20 @@ FIELDS: dict[str, str] = {
     # Appended, not inserted: the CSV column order of older exports stays a prefix of this one.
     "size_bin_kb": "lower edge, KiB, of the size-histogram bin the object falls in (SIZE_BIN_EDGES_KB)",
     "processed_hour": "hour of processed_at, 0-23 UTC",
+    # Written by the enricher (enricher/text.py), null until it has read the image; the other
+    # enrichment fields (text, text_lines, face_boxes, ...) are in ENRICHMENT_FIELDS, not the CSV.
+    "text_chars": "characters (not spaces) of the text read in the image; null until the enricher ran",
+}
+
+# What the enricher (enricher/) adds to a document that exists; not CSV columns (text_chars is).
+ENRICHMENT_FIELDS: dict[str, str] = {
+    "face_boxes": "faces found by YuNet: [{x, y, w, h (fractions of the upright image), confidence}]",
+    "faces_version": "version of the faces model that wrote faces and face_boxes",
+    "text": "the text read in the image (PP-OCR), one line per line; searchable",
+    "text_lines": "[{text, box [x, y, w, h] as fractions, confidence}] per line read",
+    "text_version": "version of the text model that wrote text, text_lines and text_chars",
+    "enrichment_version": "set when every model's fields are of the current version (the backfill's test)",
+    "enriched_etag": "the etag of the version the enrichment was computed from",
 }
 
 # The size histogram counts images per fixed bin, so MeiliSearch can count them with a facet on
@@ -65,14 +79,17 @@ INDEX_SETTINGS = {
     # both off, measured 0.3 ms less MeiliSearch CPU per document (1.16 -> 0.85 ms, no vectors).
     "facetSearch": False,
     "proximityPrecision": "byAttribute",
-    "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket"],
+    # `text` (read in the image by the enricher) last: a match in the file name ranks first.
+    "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket", "text"],
     # `id` is filterable so readers with the search-only key can fetch given documents (the
     # duplicate groups' members) by search.
     "filterableAttributes": ["id", "bucket", "format", "faces", "width", "height", "size_kb", "megapixels",
                              "sharpness", "edge_density", "mean_brightness", "timestamp", "sha256",
-                             "phash", "channels", "bit_depth", "key", "size_bin_kb", "processed_hour"],
+                             "phash", "channels", "bit_depth", "key", "size_bin_kb", "processed_hour",
+                             # The enricher's: etag and the versions to check and find what is due.
+                             "etag", "text_chars", "enrichment_version", "faces_version", "text_version"],
     "sortableAttributes": ["timestamp", "size_kb", "width", "height", "faces", "sharpness",
-                           "megapixels", "processed_at", "file_name"],
+                           "megapixels", "processed_at", "file_name", "text_chars"],
     # Visualize counts with facets (visualize/aggregates.py): size_bin_kb has at most 100 values and
     # processed_hour 24; face counts are read below 10 and counted at 10 and above, so none of them
     # can be cut by MeiliSearch's limit (default 100), which is raised anyway to leave room.
@@ -202,6 +219,7 @@ def to_document(event: ImageEvent, source: SourceObject, features: dict, derived
         "pipeline_version": run.pipeline_version,
         "size_bin_kb": size_bin_kb(source.size),
         "processed_hour": hour_of(run.processed_at),
+        "text_chars": None,  # the enricher's, once it has read the image
     }
     missing = [name for name in FIELDS if name not in document]
     if missing:

@@ -30,7 +30,7 @@ DEFAULT_COLUMNS = (
     "channels", "bit_depth", "megapixels", "mean_brightness", "sharpness", "edge_density",
     "dominant_color", "faces", "phash", "sha256", "thumbnail_key", "grayscale_key", "etag",
     "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
-    "size_bin_kb", "processed_hour",
+    "size_bin_kb", "processed_hour", "text_chars",
 )
 REQUIRED_COLUMNS = ("id", "phash", "sha256")
 

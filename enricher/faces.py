@@ -1,0 +1,81 @@
+"""Faces by YuNet (libfacedetection, through the `yuface` wheel: weights compiled in, no download).
+
+Pure: an upright BGR image in, boxes out. Boxes are fractions of the image (x, y, w, h from the
+top-left corner), so they hold for any size of the same upright picture: the thumbnail the
+detector reads and the original the dashboard shows. The detector reads the image with its
+longest side at FACE_SIZE px; the size is chosen by `make bench` (bench/enrichment.py's face
+table: recall, false faces and CPU of YuNet at 160/240/320 px against the old Haar cascade).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Longest side the detector reads. The thumbnail (THUMBNAIL_SIZE, 256 px) is enough: bench's
+# face table measured YuNet at 240 px finding >= 90 % of faces >= 40 px at ~17 ms of CPU.
+FACE_SIZE = 240
+# YuNet's own score, 0-1; libfacedetection's default cut. Below it the false faces per 1,000
+# face-free photos rise faster than the recall (bench/enrichment.py).
+MIN_CONFIDENCE = 0.5
+# The version of what this module writes: a change of model, size or threshold bumps it, and
+# the backfill (image_enricher.py --backfill) finds the documents to enrich again.
+FACES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    x: float
+    y: float
+    w: float
+    h: float
+    confidence: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_longest(image: np.ndarray, longest: int) -> np.ndarray:
+    """`image` with its longest side at `longest` px (area-averaged down, linear up)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = longest / max(height, width)
+    if abs(scale - 1.0) < 1e-3:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """3-channel uint8 BGR, what YuNet takes (a grayscale image is repeated on three channels)."""
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    return np.ascontiguousarray(image)
+
+
+def detect_faces(image: np.ndarray, size: int = FACE_SIZE,
+                 min_confidence: float = MIN_CONFIDENCE) -> list[FaceBox]:
+    """The faces in an upright image, most confident first."""
+    import yuface
+
+    work = as_bgr(fit_longest(image, size))
+    height, width = work.shape[:2]
+    # yuface.detect's own filter compares with conf * 100; ours keeps the score as a fraction.
+    confidences, boxes, _landmarks = yuface.detect(work, conf=min_confidence)
+    faces = []
+    for score, (x, y, w, h) in zip(confidences.tolist(), boxes.astype(np.int64).tolist()):
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(width, x + w), min(height, y + h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        faces.append(FaceBox(round(x0 / width, 4), round(y0 / height, 4), round((x1 - x0) / width, 4),
+                             round((y1 - y0) / height, 4), round(min(score, 100) / 100, 3)))
+    return sorted(faces, key=lambda face: -face.confidence)
+
+
+def face_fields(faces: list[FaceBox]) -> dict:
+    """The document fields of the faces model."""
+    return {"faces": len(faces), "face_boxes": [face.as_dict() for face in faces], "faces_version": FACES_VERSION}
