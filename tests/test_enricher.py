@@ -199,3 +199,31 @@ def test_a_user_mistake_is_one_line_and_exit_2(esettings):
     result = run_script("enricher/image_enricher.py", ["--rate", "0", "--backfill"], esettings, timeout=60)
     assert result.returncode == 2 and result.stderr.strip() == \
         "error: --rate must be a positive number of announcements per second"
+
+
+def test_the_enrichers_dead_letters_are_redriven_to_the_indexed_topic(esettings):
+    keys = upload(esettings, {"broken.jpg": b"\xff\xd8\xff\xe0 not really a jpeg"})
+    head = s3.head(s3.client(esettings), esettings.s3_bucket, keys[0])
+    announce(esettings, [IndexedImage(id="broken", bucket=esettings.s3_bucket, key=keys[0],
+                                      etag=head["ETag"].strip('"'), event_time=utc_now_iso())])
+    assert enrich(esettings)["dead_lettered"] == 1
+    result = run_script("consumer/redrive.py", ["--enricher"], esettings, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"1 of 1 matching dead letters (of 1) sent to {esettings.kafka_indexed_topic}" in result.stderr
+    assert len(read_topic(esettings, esettings.kafka_indexed_topic, 2)) == 2
+
+
+def test_the_backfill_announces_what_lacks_the_enrichment_and_the_enricher_works_through_it(esettings):
+    keys = upload(esettings, {"astronaut.jpg": face_photo(), "invoice.png": text_image()})
+    send(esettings, keys)
+    assert consume(esettings)["indexed"] == 2
+    assert enrich(esettings, "--only", "faces")["enriched"] == 2  # text is not there yet
+    result = run_script("enricher/image_enricher.py", ["--backfill", "--rate", "50", "--no-progress"], esettings,
+                        timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "announced 2 lacking enrichment_version 1" in result.stderr
+    summary = enrich(esettings, "--only", "text")
+    assert summary["enriched"] == 2
+    assert all(d["enrichment_version"] == 1 for d in all_documents(esettings))
+    again = run_script("enricher/image_enricher.py", ["--backfill", "--no-progress"], esettings, timeout=120)
+    assert "announced 0 lacking" in again.stderr
