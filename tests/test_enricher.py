@@ -116,6 +116,10 @@ def test_faces_and_text_are_added_to_the_indexed_documents_and_text_is_searchabl
     assert "<em>ZEBRAFISH</em>" in hits[0]["_formatted"]["text"]
     assert [d["key"] for d in meili.search(esettings, esettings.meili_index, "", {"filter": "faces > 0"})["hits"]] \
         == [keys[0]]
+    shown = run_script("visualize/search.py", ["zebrafish"], esettings, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "[ZEBRAFISH] DELIVERY" in shown.stdout and "invoice.png" in shown.stdout
+    assert "astronaut.jpg" not in shown.stdout and "search: 1 of about 1 hits" in shown.stdout
 
 
 def test_a_late_enrichment_never_recreates_a_deleted_document(esettings):

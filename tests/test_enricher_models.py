@@ -112,3 +112,12 @@ def test_a_backfill_announcement_is_a_valid_indexed_announcement():
     parsed = parse_indexed(announcement(doc).to_json())
     assert (parsed.id, parsed.key, parsed.etag, parsed.thumbnail_key, parsed.width) == \
         ("x", "raw/a.jpg", "e", "processed/t.jpg", 10)
+
+
+def test_the_matching_line_of_a_hit_is_found_and_its_words_marked():
+    from visualize.search import MATCH_END, MATCH_START, matching_lines, shown_match
+
+    hit = {"_formatted": {"text": f"ACME Ltd\nTotal {MATCH_START}invoice{MATCH_END} 42\nthanks"}}
+    assert matching_lines(hit) == [("Total invoice 42", [("Total ", False), ("invoice", True), (" 42", False)])]
+    assert shown_match(hit) == "Total [invoice] 42"
+    assert shown_match({"_formatted": {"text": "no match"}}) == "" and shown_match({}) == ""
