@@ -50,3 +50,33 @@ def test_the_image_page_lists_the_lines_and_draws_the_face_boxes(enriched):
     assert faces_html.count('<rect class="face"') == 2
     assert '<rect class="face" x="0.1" y="0.2" width="0.25" height="0.3">' in faces_html
     assert "thumbnail · 2 faces" in faces_html and 'id="text-lines"' not in faces_html
+
+
+def test_the_status_page_shows_the_enrichers_lag_per_lane_and_its_counts(settings, tmp_path):
+    from prometheus_client import start_http_server
+
+    from imgpipe.metrics import EnricherMetrics
+    from tests.dashboard_data import free_port
+
+    metrics = EnricherMetrics()
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        metrics.messages.labels("live").inc(10)
+        metrics.enriched.labels("live").inc(8)
+        metrics.skipped.labels("missing").inc(2)
+        metrics.lag.labels("live").set(3)
+        metrics.lag.labels("backfill").set(1200)
+        metrics.enrichment_lag.observe(2.5)
+        metrics.last_lag_seconds.set(2.5)
+        client = client_for(settings, tmp_path, metrics_urls=(f"http://127.0.0.1:{port}/metrics",))
+        endpoint = get_json(client, "/status")["endpoints"][0]
+        totals = {(c["what"], c["label"]): c["total"] for c in endpoint["counters"]}
+        assert totals[("documents enriched", "lane=live")] == 8 and totals[("enrichments skipped", "reason=missing")] == 2
+        assert endpoint["lag"] == [["backfill lane", "", 1200.0], ["live lane", "", 3.0]]
+        assert endpoint["enrichment_lag_seconds"] == 2.5
+        assert [h["what"] for h in endpoint["histograms"]] == ["event → enriched (enrichment lag)"]
+        html = client.get("/status").get_data(as_text=True)
+        assert "Enrichment lag (event to enriched, last document): 2.5 s." in html
+    finally:
+        server.shutdown()
