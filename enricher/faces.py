@@ -1,10 +1,22 @@
 """Faces by YuNet (libfacedetection, through the `yuface` wheel: weights compiled in, no download).
 
 Pure: an upright BGR image in, boxes out. Boxes are fractions of the image (x, y, w, h from the
-top-left corner), so they hold for any size of the same upright picture: the thumbnail the
-detector reads and the original the dashboard shows. The detector reads the image with its
-longest side at FACE_SIZE px; the size is chosen by `make bench` (bench/enrichment.py's face
-table: recall, false faces and CPU of YuNet at 160/240/320 px against the old Haar cascade).
+top-left corner), so they hold for any size of the same upright picture: the original the
+detector reads and the thumbnail the dashboard draws them on. The detector reads the image with
+its longest side at FACE_SIZE px, chosen by bench/enrichment.py's face table (recall at IoU 0.3
+on composites, false faces per 1,000 face-free photos, CPU), measured on 2 cores:
+
+    detector                  faces >= 40 px found   false faces / 1,000   CPU ms
+    Haar (the consumer's)           78 %                    73                35
+    YuNet 240 px, thumbnail         86 %                    10                10
+    YuNet 320 px, grayscale         80 %                     3                15
+    YuNet 320 px, original          94 %                    23                14
+    YuNet 480 px, original         100 %                    43                33
+
+The 256 px thumbnail and the grayscale image lose the faces under ~64 px of a 640 px photo; the
+original, which the text model reads anyway, at 320 px meets the issue's >= 90 % with a third
+of Haar's false faces and under half its CPU. 480 px finds more but doubles the CPU and the
+false faces.
 """
 from __future__ import annotations
 
@@ -12,9 +24,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# Longest side the detector reads. The thumbnail (THUMBNAIL_SIZE, 256 px) is enough: bench's
-# face table measured YuNet at 240 px finding >= 90 % of faces >= 40 px at ~17 ms of CPU.
-FACE_SIZE = 240
+# Longest side the detector reads (see the table above).
+FACE_SIZE = 320
 # YuNet's own score, 0-1; libfacedetection's default cut. Below it the false faces per 1,000
 # face-free photos rise faster than the recall (bench/enrichment.py).
 MIN_CONFIDENCE = 0.5

@@ -213,16 +213,12 @@ class Enricher:
 
     def _enrich(self, announcement: IndexedImage):
         """An Enrichment, or "stale" when the object changed since it was indexed (its newer
-        version's announcement follows). Runs on an I/O thread; the models run in the pool."""
-        face_data = text_data = None
-        if "text" in self.models or not announcement.thumbnail_key:
-            text_data, etag = self._fetch(announcement.bucket, announcement.key)
-            if etag and announcement.etag and not same_etag(etag, announcement.etag):
-                return "stale"
-            face_data = text_data
-        if "faces" in self.models and announcement.thumbnail_key:
-            face_data, _ = self._fetch(self.settings.s3_bucket, announcement.thumbnail_key)
-        output = self._pool.run(enrich_in_worker, self.models, face_data, text_data, self._limits)
+        version's announcement follows). Runs on an I/O thread; the models run in the pool.
+        Both models read the original (enricher/work.py says why)."""
+        data, etag = self._fetch(announcement.bucket, announcement.key)
+        if etag and announcement.etag and not same_etag(etag, announcement.etag):
+            return "stale"
+        output = self._pool.run(enrich_in_worker, self.models, data, self._limits)
         for model, seconds in output.cpu_seconds.items():
             self.stats.model_cpu_seconds[model] += seconds
             self.stats.model_images[model] += 1

@@ -1,8 +1,8 @@
 """What runs in the enricher's worker processes (consumer/workers.py's pool, with the
 consumer's time and memory budgets): decode under the consumer's decoder limits, run the models.
 
-Each model reads the image it needs: faces the thumbnail (256 px, upright: enough for YuNet at
-FACE_SIZE, see enricher/faces.py), text the original (small print needs its pixels).
+Both models read the original, decoded once: the derived images are too small for faces under
+~64 px (enricher/faces.py has the measurements) and for small print.
 """
 from __future__ import annotations
 
@@ -76,24 +76,22 @@ def decode_upright(data: bytes, longest: int, limits: DecodeLimits):
         raise MessageError("decode", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:] or ''}") from None
 
 
-def run_models(models: tuple[str, ...], face_data: bytes | None, text_data: bytes | None,
-               limits: DecodeLimits) -> ModelOutput:
+def run_models(models: tuple[str, ...], data: bytes, limits: DecodeLimits) -> ModelOutput:
+    """The models' fields for one image (its encoded bytes), decoded once for all of them."""
+    from enricher.faces import FACE_SIZE, detect_faces, face_fields, fit_longest
+    from enricher.text import DETECT_LONGEST, read_text, text_fields
+
     fields: dict = {}
     cpu: dict = {}
+    image = decode_upright(data, DETECT_LONGEST if "text" in models else FACE_SIZE, limits)
     if "faces" in models:
-        from enricher.faces import FACE_SIZE, detect_faces, face_fields
-
-        image = decode_upright(face_data, FACE_SIZE, limits)
         started = time.process_time()
         try:
-            fields.update(face_fields(detect_faces(image)))
+            fields.update(face_fields(detect_faces(fit_longest(image, min(FACE_SIZE, max(image.shape[:2]))))))
         except Exception as exc:
             raise MessageError("faces", f"the face detector failed: {type(exc).__name__}: {exc}") from None
         cpu["faces"] = time.process_time() - started
     if "text" in models:
-        from enricher.text import DETECT_LONGEST, read_text, text_fields
-
-        image = decode_upright(text_data, DETECT_LONGEST, limits)
         started = time.process_time()
         try:
             fields.update(text_fields(read_text(image)))
@@ -105,11 +103,10 @@ def run_models(models: tuple[str, ...], face_data: bytes | None, text_data: byte
     return ModelOutput(fields, cpu)
 
 
-def enrich_in_worker(models: tuple[str, ...], face_data: bytes | None, text_data: bytes | None,
-                     limits: DecodeLimits):
+def enrich_in_worker(models: tuple[str, ...], data: bytes, limits: DecodeLimits):
     """run_models, plus the worker's peak RSS (MB) and CPU seconds, as the pool expects."""
     from consumer.stats import peak_rss_mb
 
     started = time.process_time()
-    output = run_models(models, face_data, text_data, limits)
+    output = run_models(models, data, limits)
     return output, peak_rss_mb(), time.process_time() - started

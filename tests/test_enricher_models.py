@@ -74,11 +74,13 @@ def test_text_fields_count_characters_not_spaces():
 
 
 def test_models_run_on_encoded_bytes_and_a_broken_image_is_a_message_error():
-    output = run_models(("faces", "text"), encode(astronaut(), ".jpg"), encode(printed("HELLO"), ".png"), LIMITS)
-    assert output.fields["faces"] == 1 and output.fields["text"] == "HELLO"
+    output = run_models(("faces", "text"), encode(astronaut(), ".jpg"), LIMITS)
+    assert output.fields["faces"] == 1 and output.fields["text"] == "" and output.fields["text_chars"] == 0
     assert set(output.cpu_seconds) == {"faces", "text"}
+    text = run_models(("text",), encode(printed("HELLO"), ".png"), LIMITS)
+    assert text.fields["text"] == "HELLO" and "faces" not in text.fields and set(text.cpu_seconds) == {"text"}
     with pytest.raises(MessageError) as raised:
-        run_models(("text",), None, b"\x89PNG\r\n\x1a\n broken", LIMITS)
+        run_models(("text",), b"\x89PNG\r\n\x1a\n broken", LIMITS)
     assert raised.value.stage in ("guard", "decode")
 
 
@@ -121,3 +123,22 @@ def test_the_matching_line_of_a_hit_is_found_and_its_words_marked():
     assert matching_lines(hit) == [("Total invoice 42", [("Total ", False), ("invoice", True), (" 42", False)])]
     assert shown_match(hit) == "Total [invoice] 42"
     assert shown_match({"_formatted": {"text": "no match"}}) == "" and shown_match({}) == ""
+
+
+def test_the_benchs_measures_mean_what_they_say():
+    import random
+
+    from bench.enrichment import CANVAS, cer, composite, face_free_images, iou
+
+    assert cer("invoice 42", "invoice 42") == 0 and cer("abcd", "abed") == 0.25 and cer("ab", "") == 1.0
+    assert cer("two  words", "two words") == 0
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(1 / 3)
+    rng = random.Random(1)
+    background = face_free_images(1, rng)[0]
+    assert background.shape[:2] == (CANVAS[1], CANVAS[0])
+    for px in (24, 96, 0):
+        item = composite(background, px, rng)
+        x, y, w, h = item.box
+        assert 0 <= x and 0 <= y and x + w <= CANVAS[0] + 1 and y + h <= CANVAS[1] + 1
+        assert px == 0 or abs(w - px) < 1
