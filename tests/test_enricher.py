@@ -21,19 +21,11 @@ ENRICH = ["--max-idle-seconds", "4", "--no-progress", "--workers", "1"]
 
 
 @pytest.fixture
-def esettings(settings, unique):
-    """The settings fixture's, plus the enricher's own topics and group."""
-    isolated = settings.with_overrides(kafka_indexed_topic=f"test-{unique}-indexed",
-                                       kafka_backfill_topic=f"test-{unique}-backfill",
-                                       kafka_enricher_dead_letter_topic=f"test-{unique}-indexed-dlq",
-                                       kafka_enricher_group=f"test-enricher-{unique}")
-    topics = [isolated.kafka_indexed_topic, isolated.kafka_backfill_topic, isolated.kafka_enricher_dead_letter_topic]
-    kafka.ensure_topics(isolated, topics)
-    yield isolated
-    try:
-        kafka.delete_topics(isolated, topics, timeout=15)
-    except Exception:  # clean-up only
-        pass
+def esettings(settings):
+    """The settings fixture's: its own topics (the indexed, backfill and enricher dead-letter ones
+    too), group, index and prefixes."""
+    kafka.ensure_topics(settings, [settings.kafka_indexed_topic])
+    return settings
 
 
 def face_photo() -> bytes:
