@@ -371,8 +371,9 @@ class Bench:
                  "ocr_cer_captcha", "enricher_faces", "enricher_text"]
 
         def body() -> None:
-            step("enrichment: the face table (Haar vs YuNet at 160/240/320 px), OCR error rates, models' CPU")
-            self.add(*enrichment_figures(QUICK_SIZES if self.config.label == "quick" else Sizes()))
+            step("enrichment: the face table (Haar vs YuNet at 160-480 px), OCR error rates, models' CPU")
+            photos = [data for key, data in self.items if bench_corpus.is_photo_like(key)]
+            self.add(*enrichment_figures(QUICK_SIZES if self.config.label == "quick" else Sizes(), photos))
 
         self.guarded(names, ["share", "per 1,000", "ms", "CER", "CER", "CER", "images/s", "images/s"], body)
 
