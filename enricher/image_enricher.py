@@ -43,10 +43,11 @@ MODEL_CHOICES = ("faces", "text")
 def build_parser():
     p = cli.parser("enricher/image_enricher.py", __doc__, [
         "python enricher/image_enricher.py                         # faces and text, until stopped",
-        "python enricher/image_enricher.py --only faces --group image-enricher-faces --max-idle-seconds 10",
+        "python enricher/image_enricher.py --only faces --max-idle-seconds 10   # group image-enricher-faces",
         "python enricher/image_enricher.py --backfill --rate 50    # announce what lacks the current enrichment",
         "python enricher/image_enricher.py --metrics-port 9465     # Prometheus metrics on 127.0.0.1:9465"])
-    p.add_argument("--only", choices=MODEL_CHOICES, help="run one model (give it its own --group)")
+    p.add_argument("--only", choices=MODEL_CHOICES,
+                   help="run one model, in its own group (KAFKA_ENRICHER_GROUP plus -faces or -text)")
     p.add_argument("--workers", type=int, help="model worker processes (env CONSUMER_WORKERS; 0 = one per core)")
     p.add_argument("--batch-size", type=int, default=16, help="announcements per batch at most")
     p.add_argument("--group", help="consumer group id (env KAFKA_ENRICHER_GROUP; the backfill lane adds -backfill)")
@@ -86,6 +87,9 @@ def _settings(args):
         raise UserError("--batch-size must be at least 1")
     if not args.rate > 0:
         raise UserError("--rate must be a positive number of announcements per second")
+    if args.only and args.group is None:
+        # One group per model set: a faces-only enricher must not take a full one's announcements.
+        overrides["kafka_enricher_group"] = f"{settings.kafka_enricher_group}-{args.only}"
     settings = settings.with_overrides(**overrides)
     if not settings.kafka_indexed_topic:
         raise UserError("KAFKA_INDEXED_TOPIC is empty: the consumer announces nothing for the enricher to read")

@@ -213,12 +213,13 @@ def test_the_backfill_announces_what_lacks_the_enrichment_and_the_enricher_works
     keys = upload(esettings, {"astronaut.jpg": face_photo(), "invoice.png": text_image()})
     send(esettings, keys)
     assert consume(esettings)["indexed"] == 2
-    assert enrich(esettings, "--only", "faces")["enriched"] == 2  # text is not there yet
+    group = ["--group", esettings.kafka_enricher_group]  # both runs in one group: the live lane is read once
+    assert enrich(esettings, "--only", "faces", *group)["enriched"] == 2  # text is not there yet
     result = run_script("enricher/image_enricher.py", ["--backfill", "--rate", "50", "--no-progress"], esettings,
                         timeout=120)
     assert result.returncode == 0, result.stderr
     assert "announced 2 lacking enrichment_version 1" in result.stderr
-    summary = enrich(esettings, "--only", "text")
+    summary = enrich(esettings, "--only", "text", *group)
     assert summary["enriched"] == 2
     assert all(d["enrichment_version"] == 1 for d in all_documents(esettings))
     again = run_script("enricher/image_enricher.py", ["--backfill", "--no-progress"], esettings, timeout=120)
