@@ -7,7 +7,8 @@ it is down, left running) with a generated corpus: 500 photo-like 1280x960 JPEGs
 JPEGs and PNGs, the demo corpus's face photos and the awkward samples with three
 decompression bombs. The upload latency (PUT -> searchable through S3 Event Notifications and
 the producer's SQS mode) runs against a moto server started for it, the only local S3 that
-sends notifications. Prints a table and writes results.json; the run's topics, indexes and S3
+sends notifications. The enrichment step (bench/enrichment.py) measures the face table (Haar
+against YuNet), OCR error rates and the models' CPU in memory. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
 time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
 1,000,000 documents visualize.py runs on (kept in the local MeiliSearch for later runs;
