@@ -9,7 +9,9 @@ decompression bombs. The upload latency (PUT -> searchable) goes through the loc
 own bucket notifications in Kafka and the producer's notifications mode. The sizing step
 (`--only sizing`) measures images per core with the consumer's default configuration and
 MeiliSearch's indexing ceiling, for the README's sizing table of the AWS consumer fleet. Prints a
-table and writes results.json; the run's topics, indexes and S3
+The enrichment step
+(bench/enrichment.py) measures the face table (Haar against YuNet), OCR error rates and the
+models' CPU in memory. Prints a table and writes results.json; the run's topics, indexes and S3
 objects are deleted at the end. Takes about 3 minutes on 2 cores, plus a minute the first
 time to write the 1,000,000-row MapReduce input and about 3 more to index the 100,000 and
 1,000,000 documents report.py runs on (kept in the local MeiliSearch for later runs;

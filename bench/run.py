@@ -54,7 +54,8 @@ QUICK = BenchConfig(corpus=bench_corpus.QUICK, passes=1, producer_messages=2000,
 
 # The steps, in the order they run (`--only` picks some). The pipeline's floor is the
 # in-memory processing rate, so without in_memory its ratios are left empty.
-GROUPS = ("in_memory", "pipelines", "seed", "indexing", "producer", "mapreduce", "visualize", "sizing")
+GROUPS = ("in_memory", "pipelines", "seed", "indexing", "producer", "mapreduce", "visualize", "sizing",
+          "enrichment")
 # The end-to-end runs, each with its own topic, group, index and output prefix.
 PIPELINE_RUNS = ("pipeline-1-worker", "pipeline-2-workers", "latency", "upload-latency", "seed-design-0",
                  "seed-design-1", "seed-pipeline-0", "seed-pipeline-1", "sizing")
@@ -406,6 +407,19 @@ class Bench:
 
         self.guarded(["visualize_100k", "visualize_100k_peak_rss_mb", "visualize_1m", "visualize_1m_peak_rss_mb"],
                      ["s", "MB", "s", "MB"], body)
+
+    def enrichment(self) -> None:
+        from bench.enrichment import QUICK_SIZES, Sizes, enrichment_figures
+
+        names = ["faces_recall_40px", "faces_false_per_1000", "faces_cpu_ms", "ocr_cer_16px", "ocr_cer_12px",
+                 "ocr_cer_captcha", "enricher_faces", "enricher_text"]
+
+        def body() -> None:
+            step("enrichment: the face table (Haar vs YuNet at 160-480 px), OCR error rates, models' CPU")
+            photos = [data for key, data in self.items if bench_corpus.is_photo_like(key)]
+            self.add(*enrichment_figures(QUICK_SIZES if self.config.label == "quick" else Sizes(), photos))
+
+        self.guarded(names, ["share", "per 1,000", "ms", "CER", "CER", "CER", "images/s", "images/s"], body)
 
     # --- clean-up ---------------------------------------------------------------------------
     def clean_up(self) -> None:

@@ -68,14 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         "python consumer/redrive.py --dry-run                       # list every dead letter",
         "python consumer/redrive.py --stage fetch --since 2026-12-01T08:00:00Z",
         "python consumer/redrive.py --stage budget --reason-contains PROCESSING_TIMEOUT",
-        "python consumer/redrive.py --stage decode --stage guard --dry-run --json"])
-    p.add_argument("--stage", action="append", default=[], choices=[stage.value for stage in Stage],
                    help="only dead letters of this stage (repeatable)")
     p.add_argument("--since", metavar="TIME", help="only dead letters written at or after this UTC ISO-8601 time")
     p.add_argument("--until", metavar="TIME", help="only dead letters written before this UTC ISO-8601 time")
     p.add_argument("--reason-contains", metavar="TEXT", help="only dead letters whose reason holds TEXT (any case)")
     p.add_argument("--limit", type=int, help="redrive at most this many")
     p.add_argument("--topic", help="send to this topic instead of KAFKA_TOPIC")
+    p.add_argument("--enricher", action="store_true",
+                   help="the enricher's dead letters (env KAFKA_ENRICHER_DEAD_LETTER_TOPIC), sent back to "
+                        "KAFKA_INDEXED_TOPIC unless --topic says otherwise")
     p.add_argument("--dry-run", action="store_true", help="list what would be sent; send nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the matching dead letters as JSON lines")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -93,10 +94,14 @@ def _time(option: str, text: str | None) -> datetime | None:
 
 def redrive(args) -> int:
     settings = load_settings()
+    default_target = settings.kafka_topic
+    if args.enricher:
+        settings = settings.with_overrides(kafka_dead_letter_topic=settings.kafka_enricher_dead_letter_topic)
+        default_target = settings.kafka_indexed_topic
     filters = Filters(tuple(args.stage), _time("--since", args.since), _time("--until", args.until),
                       args.reason_contains)
     cli.check_ranges(args, {"limit": (1, None)})
-    target = args.topic or settings.kafka_topic
+    target = args.topic or default_target
     if target == settings.kafka_dead_letter_topic:
         raise UserError("--topic must not be the dead-letter topic itself")
     kafka.check_topic(settings, settings.kafka_dead_letter_topic)

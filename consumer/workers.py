@@ -27,7 +27,7 @@ from imgpipe.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _init_worker(max_image_pixels: int, memory_mb: int) -> None:
+def _init_worker(max_image_pixels: int, memory_mb: int, preload=None) -> None:
     from consumer.imageguard import apply_decoder_limits
 
     apply_decoder_limits(max_image_pixels)  # before cv2 loads, so OpenCV's own ceiling is ours
@@ -49,6 +49,9 @@ def _init_worker(max_image_pixels: int, memory_mb: int) -> None:
         consumer.processing.process_image(png.tobytes())
     except Exception:  # a warm-up must never stop a worker from starting
         log.debug("worker warm-up failed", exc_info=True)
+
+    if preload is not None:
+        preload()  # a model (the enricher's): loaded before the cap, which then means the same per image
 
     # A consumer stopped with Ctrl-C stops its workers itself; they must not die of the same SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -81,7 +84,8 @@ def _process_in_worker(data: bytes, options):
 
 
 class ProcessingPool:
-    def __init__(self, settings: Settings, workers: int):
+    def __init__(self, settings: Settings, workers: int, preload=None):
+        """`preload`: a picklable callable each worker runs once at start, before its memory cap."""
         from pebble import ProcessPool
 
         from consumer.options import ProcessingOptions
@@ -94,15 +98,20 @@ class ProcessingPool:
         self.cpu_seconds = 0.0  # CPU the workers spent on the images that came back
         self._lock = threading.Lock()  # process() runs on many I/O threads
         self._pool = ProcessPool(max_workers=workers, initializer=_init_worker,
-                                 initargs=(settings.max_image_pixels, settings.worker_memory_mb),
+                                 initargs=(settings.max_image_pixels, settings.worker_memory_mb, preload),
                                  context=multiprocessing.get_context("spawn"))
 
     def process(self, data: bytes):
         """The ProcessedImage of `data`. Raises MessageError (bad input, or over a budget),
         Stopped (the pool was stopped), or InfrastructureError (a broken OpenCV install)."""
+        return self.run(_process_in_worker, data, self.options)
+
+    def run(self, function, *args):
+        """`function(*args)` in a worker, under the budgets; it returns (result, the worker's peak
+        RSS in MB, its CPU seconds). Raises as `process` does."""
         from pebble import ProcessExpired
 
-        future = self._pool.schedule(_process_in_worker, args=(data, self.options), timeout=self.timeout)
+        future = self._pool.schedule(function, args=args, timeout=self.timeout)
         try:
             image, worker_peak, cpu = future.result()
         except TimeoutError:

@@ -73,6 +73,7 @@ def print_summary(report, settings) -> None:
         ("latency produce -> searchable, p50 (backlog)", num(report.latency_p50_s, " s")),
         ("latency produce -> searchable, p95 (backlog)", num(report.latency_p95_s, " s")),
         ("MapReduce", f"{report.mapreduce_runner} runner, {report.mapreduce_seconds:.1f} s"),
+        ("enriched (faces, text)", f"{report.enriched}, {report.enricher_dead_lettered} dead-lettered"),
     ]
     if report.live is not None and report.live.uploads:
         # Uploads with a plain S3 client, one at a time: versitygw's notification -> producer -> consumer.
@@ -93,6 +94,18 @@ def print_summary(report, settings) -> None:
                                                    + (" …" if size > 5 else "")))
                         for kind, size, keys in report.duplicate_groups[:12]],
                        headers=["kind", "images", "files"], tablefmt="simple", maxcolwidths=[None, None, 80]))
+    print(f"\nimages with faces (YuNet): {len(report.with_faces)}")
+    if report.with_faces:
+        print(tabulate([(cli.printable(key), faces) for key, faces in report.with_faces[:15]],
+                       headers=["key", "faces"], tablefmt="simple", maxcolwidths=[70, None]))
+        if len(report.with_faces) > 15:
+            print(f"  … and {len(report.with_faces) - 15} more")
+    print(f"\nsearch for {report.text_word!r}, a word found only inside an image:")
+    if report.text_hits:
+        print(tabulate([(cli.printable(key), cli.printable(line)) for key, line in report.text_hits],
+                       headers=["key", "line read in the image"], tablefmt="simple"))
+    else:
+        print("  no image (the enricher read no such word)")
     print("\nsteps:")
     print(tabulate([(name, f"{sec:.1f} s") for name, sec in report.steps], tablefmt="simple"))
     print("\ncharts:")
@@ -100,6 +113,7 @@ def print_summary(report, settings) -> None:
         print(f"  {chart}")
     print(f"\nThe stack keeps running. Try:\n"
           f"  .venv/bin/python visualize/search.py photo --filter 'faces > 0' --sort timestamp:desc\n"
+          f"  .venv/bin/python visualize/search.py invoice      # words read inside the images\n"
           f"  kcat -b {settings.kafka_bootstrap_servers} -L\n"
           f"  make dashboard    # then open http://127.0.0.1:8888/ in a browser: search, charts, dead letters\n"
           f"and `make down` to stop it.")

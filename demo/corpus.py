@@ -523,3 +523,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- scans: documents whose words are only inside the image, for the enricher's text search ------
+# The word the demo searches for: in no file name, key or other field, only in a scan's pixels.
+SCAN_WORD = "zebrafish"
+SCANS = {
+    "scans/receipt-0001.png": ("AQUARIUM SUPPLIES LTD", "Invoice 4711", "Zebrafish food 2 x 4.50",
+                               "Total 9.00 EUR", "Thank you for your order"),
+    "scans/notice-0002.png": ("MEETING NOTICE", "Quarterly report review", "Room 3, Thursday 10:00"),
+}
+
+
+def scan_items() -> list[Item]:
+    """A receipt and a notice, printed in DejaVu Sans (fonts-dejavu-core) on a slightly grey page."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 30)
+    items = []
+    for key, lines in SCANS.items():
+        page = Image.new("RGB", (760, 110 + 60 * len(lines)), (244, 242, 236))
+        draw = ImageDraw.Draw(page)
+        for row, line in enumerate(lines):
+            draw.text((50, 50 + 60 * row), line, font=font, fill=(25, 25, 30))
+        buffer = io.BytesIO()
+        page.save(buffer, format="PNG")
+        items.append((key, buffer.getvalue()))
+    return items

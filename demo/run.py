@@ -45,6 +45,11 @@ class DemoReport:
     planted_groups_found: int = 0
     planted_groups: int = 0
     charts: list[str] = field(default_factory=list)
+    enriched: int = 0
+    enricher_dead_lettered: int = 0
+    with_faces: list[tuple[str, int]] = field(default_factory=list)  # (key, faces)
+    text_word: str = ""
+    text_hits: list[tuple[str, str]] = field(default_factory=list)  # (key, the line the word is in)
     live: "LiveReport | None" = None
 
     def as_dict(self) -> dict:
@@ -79,7 +84,7 @@ def read_dead_letters(settings: Settings, start: dict[int, int]) -> list[tuple[s
 
 
 def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int = 0) -> DemoReport:
-    from demo.corpus import build_corpus, upload_corpus
+    from demo.corpus import build_corpus, scan_items, upload_corpus
 
     report = DemoReport()
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
           file=sys.stderr, flush=True)
     started = time.monotonic()
     with cli.progress(count, "generate", unit="img") as bar:
-        items = build_corpus(count, seed=seed, on_item=lambda: bar.update(1))
+        items = build_corpus(count, seed=seed, on_item=lambda: bar.update(1)) + scan_items()
     with cli.progress(len(items), "upload", unit="img") as bar:
         report.uploaded = upload_corpus(settings, items, on_item=lambda: bar.update(1))
     report.steps.append(("seed corpus", time.monotonic() - started))
@@ -109,6 +114,7 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     report.latency_p95_s = consumed["latency_p95_s"]
     report.dead_letters = read_dead_letters(settings, dead_start)
     report.index_documents = meili.document_count(settings, settings.meili_index)
+    enrich(settings, out, report)
 
     csv_path = out / "image_metadata.csv"
     run_step("export CSV", ["mapreduce/export_csv.py", "--out", str(csv_path)], settings, report)
@@ -138,6 +144,30 @@ def run_demo(settings: Settings, count: int, out: Path, runner: str, seed: int =
     report.charts = sorted(str(p) for p in out.glob("*.png") if p.stat().st_mtime >= before - 1)
     report.live = run_live_step(settings, out, report)
     return report
+
+
+def enrich(settings: Settings, out: Path, report: DemoReport) -> None:
+    """The enricher after the core consumer: faces and text added to what was indexed; then the
+    images with faces, and a search by a word that is only inside an image."""
+    from demo.corpus import SCAN_WORD
+    from visualize.search import matching_lines
+
+    summary_path = out / "enricher_summary.json"
+    run_step("enrich (faces, text)", ["enricher/image_enricher.py", "--max-idle-seconds", "5", "--status-interval",
+                                      "5", "--summary-json", str(summary_path)], settings, report)
+    summary = json.loads(summary_path.read_text())
+    report.enriched = summary["enriched"]
+    report.enricher_dead_lettered = summary["dead_lettered"]
+    faces = meili.search(settings, settings.meili_index, "", {"filter": "faces > 0", "limit": 1000,
+                                                              "sort": ["faces:desc"], "attributesToRetrieve": ["key", "faces"]})
+    report.with_faces = [(hit["key"], hit["faces"]) for hit in faces["hits"]]
+    from visualize.search import MATCH_END, MATCH_START
+
+    found = meili.search(settings, settings.meili_index, SCAN_WORD, {
+        "limit": 20, "attributesToRetrieve": ["key"], "attributesToHighlight": ["text"],
+        "highlightPreTag": MATCH_START, "highlightPostTag": MATCH_END})
+    report.text_word = SCAN_WORD
+    report.text_hits = [(hit["key"], (matching_lines(hit) or [("", [])])[0][0]) for hit in found["hits"]]
 
 
 def duplicate_groups(duplicates_dir: Path, csv_path: Path) -> list[tuple[str, int, list[str]]]:

@@ -44,7 +44,10 @@ class Stage(enum.StrEnum):
     PROCESS = "process"  # OpenCV or our own code failed on it
     STORE = "store"  # the derived images could not be written
     INDEX = "index"  # MeiliSearch refused the document
-    ENRICH = "enrich"  # an enrichment stage (faces, text) failed on it
+    ENRICH = "enrich"  # an enrichment stage failed on it (none of the more precise stages below)
+    ENRICH_FETCH = "enrich-fetch"  # the enricher could not read the image it needs
+    FACES = "faces"  # the faces model failed on it
+    TEXT = "text"  # the text model failed on it
 
 
 # The headers of a dead letter.

@@ -50,13 +50,23 @@ FIELDS: dict[str, str] = {
     "processed_hour": "hour of processed_at, 0-23 UTC",
     "frames": "frames, pages, layers or icon sizes in the file (GIF, APNG, TIFF, MPO, ICO, HEIF, ...); "
               "the first frame (PSD: the composite, ICO/ICNS: the largest image) is the one processed",
+    # Written by the enricher (enricher/text.py), null until it has read the image; the other
+    # enrichment fields (text, text_lines, face_boxes, ...) are in ENRICHMENT_FIELDS, not the CSV.
+    "text_chars": "characters (not spaces) of the text read in the image; null until the enricher ran",
 }
 
 # Fields an enrichment stage (enricher/) adds to a document after the core consumer indexed it.
-# The core never writes them (it indexes with a merge, so a core re-index keeps them), and every
-# reader tolerates their absence: an image not enriched yet has none.
+# The core never writes them (a new version's document replaces the old one whole, and its
+# announcement has the enrichers add them again), and every reader tolerates their absence.
 ENRICHMENT_FIELDS: dict[str, str] = {
-    "faces": "number of faces the enrichment stage found (absent until it has run)",
+    "faces": "number of faces YuNet found (absent until the enricher ran; filterable)",
+    "face_boxes": "faces found by YuNet: [{x, y, w, h (fractions of the upright image), confidence}]",
+    "faces_version": "version of the faces model that wrote faces and face_boxes",
+    "text": "the text read in the image (PP-OCR), one line per line; searchable",
+    "text_lines": "[{text, box [x, y, w, h] as fractions, confidence}] per line read",
+    "text_version": "version of the text model that wrote text, text_lines and text_chars",
+    "enrichment_version": "set when every model's fields are of the current version (the backfill's test)",
+    "enriched_etag": "the etag of the version the enrichment was computed from",
 }
 
 # The CSV columns of mapreduce/export_csv.py: FIELDS with the enrichment fields where `faces`
@@ -80,14 +90,17 @@ INDEX_SETTINGS = {
     # both off, measured 0.3 ms less MeiliSearch CPU per document (1.16 -> 0.85 ms, no vectors).
     "facetSearch": False,
     "proximityPrecision": "byAttribute",
-    "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket"],
+    # `text` (read in the image by the enricher) last: a match in the file name ranks first.
+    "searchableAttributes": ["file_name", "key", "format", "dominant_color", "bucket", "text"],
     # `id` is filterable so readers with the search-only key can fetch given documents (the
     # duplicate groups' members) by search.
     "filterableAttributes": ["id", "bucket", "format", "faces", "width", "height", "size_kb", "megapixels",
                              "sharpness", "edge_density", "mean_brightness", "timestamp", "sha256",
-                             "phash", "channels", "bit_depth", "key", "size_bin_kb", "processed_hour"],
+                             "phash", "channels", "bit_depth", "key", "size_bin_kb", "processed_hour",
+                             # The enricher's: etag and the versions to check and find what is due.
+                             "etag", "text_chars", "enrichment_version", "faces_version", "text_version"],
     "sortableAttributes": ["timestamp", "size_kb", "width", "height", "faces", "sharpness",
-                           "megapixels", "processed_at", "file_name"],
+                           "megapixels", "processed_at", "file_name", "text_chars"],
     # Visualize counts with facets (visualize/aggregates.py): size_bin_kb has at most 100 values and
     # processed_hour 24; face counts are read below 10 and counted at 10 and above, so none of them
     # can be cut by MeiliSearch's limit (default 100), which is raised anyway to leave room.
@@ -217,6 +230,7 @@ def to_document(event: ImageEvent, source: SourceObject, features: dict, derived
         "pipeline_version": run.pipeline_version,
         "size_bin_kb": size_bin_kb(source.size),
         "processed_hour": hour_of(run.processed_at),
+        "text_chars": None,  # the enricher's, once it has read the image
     }
     missing = [name for name in FIELDS if name not in document]
     if missing:

@@ -428,3 +428,50 @@ def answers(settings: Settings) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+# --- the enricher's partial updates (enricher/writer.py) ------------------------------------------
+# MeiliSearch's partial update (documents PUT) creates a document whose id is missing, and its
+# "edit documents by function", which would touch only documents matching a filter, needs a key
+# with every action ("*") in 1.21 even when it holds "documents.*" (measured): a key that could
+# create other keys. So the enricher reads, updates and checks after, with the pipeline's keys.
+
+def ids_filter(ids: Iterable[str]) -> str:
+    return "id IN [" + ", ".join(_literal(i) for i in ids) + "]"
+
+
+def documents_by_id(settings: Settings, index: str, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    """The documents of `ids` that exist, with `fields`, read with the readers' key."""
+    if not ids:
+        return {}
+    with errors("reading documents of", settings, index):
+        page = search_client(settings).index(index).get_documents(
+            {"filter": ids_filter(ids), "fields": list(fields), "limit": len(ids)})
+    return {doc["id"]: dict(doc) for doc in (dict(d) for d in page.results)}
+
+
+def documents_where(settings: Settings, index: str, filter_: str, fields: list[str], limit: int,
+                    offset: int = 0) -> tuple[list[dict], int]:
+    """One page of the documents matching `filter_`, and how many match in all (readers' key)."""
+    with errors("reading documents of", settings, index):
+        page = search_client(settings).index(index).get_documents(
+            {"filter": filter_, "fields": list(fields), "limit": limit, "offset": offset})
+    return [dict(d) for d in page.results], page.total
+
+
+def update_documents(settings: Settings, index: str, documents: list[dict]) -> int:
+    """Enqueue a partial update (fields merged into each document; a missing id is CREATED:
+    callers check); returns the task uid."""
+    with errors(f"updating {len(documents)} documents of", settings, index):
+        return client(settings).index(index).update_documents(documents, primary_key="id").task_uid
+
+
+def delete_documents_where(settings: Settings, index: str, filter_: str) -> int:
+    """Enqueue the deletion of the documents matching `filter_`; returns the task uid."""
+    with errors("deleting documents of", settings, index):
+        return client(settings).index(index).delete_documents(filter=filter_).task_uid
+
+
+def wait(settings: Settings, task_uid: int, what: str, index: str | None = None):
+    """wait_for_task with the indexing key."""
+    return wait_for_task(client(settings), settings, task_uid, what, index)

@@ -82,3 +82,38 @@ class ProducerMetrics:
                                 registry=self.registry)
         for action in ("upsert", "delete"):
             self.events.labels(action)
+
+
+class EnricherMetrics:
+    """The enricher's (enricher/image_enricher.py): per lane (live, backfill) and per model."""
+
+    LANES = ("live", "backfill")
+    MODELS = ("faces", "text")
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("imgpipe_enricher_messages", "Announcements consumed, by lane", ["lane"], registry=r)
+        self.enriched = Counter("imgpipe_enricher_documents_enriched", "Documents given their enrichment (task "
+                                "succeeded), by lane", ["lane"], registry=r)
+        self.skipped = Counter("imgpipe_enricher_skipped", "Announcements not written, by reason (missing: "
+                               "deleted; stale: a newer version is indexed; ...)", ["reason"], registry=r)
+        self.dead_letters = Counter("imgpipe_enricher_dead_letters", "Announcements dead-lettered, by stage",
+                                    ["stage"], registry=r)
+        self.model_seconds = Histogram("imgpipe_enricher_model_cpu_seconds", "CPU seconds of a model on one image",
+                                       ["model"], registry=r, buckets=DURATION_BUCKETS)
+        self.enrichment_lag = Histogram("imgpipe_enricher_event_to_enriched_seconds",
+                                        "Event time (producer) to enrichment task succeeded", registry=r,
+                                        buckets=DURATION_BUCKETS)
+        self.lag = Gauge("imgpipe_enricher_lag_messages", "Announcements behind the high watermark, by lane",
+                         ["lane"], registry=r)
+        self.last_lag_seconds = Gauge("imgpipe_enricher_last_enrichment_lag_seconds",
+                                      "Event time to enrichment of the last document enriched", registry=r)
+        for lane in self.LANES:
+            self.messages.labels(lane)
+            self.enriched.labels(lane)
+        for stage in (Stage.VALIDATE, Stage.ENRICH_FETCH, Stage.GUARD, Stage.DECODE, Stage.BUDGET, Stage.FACES,
+                      Stage.TEXT):  # enricher/deadletters.py's STAGES (imgpipe does not import enricher/)
+            self.dead_letters.labels(stage.value)

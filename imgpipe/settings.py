@@ -31,6 +31,11 @@ class Settings:
     # Where the consumer announces what MeiliSearch confirmed (imgpipe/indexed.py), for the
     # enrichment stages; empty: announce nothing.
     kafka_indexed_topic: str = "image-indexed"
+    # The enrichment stages (enricher/): their consumer group (one per model set), the backfill's
+    # own lane, and their own dead-letter topic.
+    kafka_enricher_group: str = "image-enricher"
+    kafka_backfill_topic: str = "image-indexed-backfill"
+    kafka_enricher_dead_letter_topic: str = "image-indexed-dlq"
     kafka_consumer_group: str = "image-consumer"
     kafka_topic_partitions: int = 6
     # Extra librdkafka options (SASL/TLS on a real cluster). May hold passwords: never shown.
@@ -114,6 +119,9 @@ ENV_VARS: dict[str, str] = {
     "KAFKA_TOPIC": "kafka_topic",
     "KAFKA_DEAD_LETTER_TOPIC": "kafka_dead_letter_topic",
     "KAFKA_INDEXED_TOPIC": "kafka_indexed_topic",
+    "KAFKA_ENRICHER_GROUP": "kafka_enricher_group",
+    "KAFKA_BACKFILL_TOPIC": "kafka_backfill_topic",
+    "KAFKA_ENRICHER_DEAD_LETTER_TOPIC": "kafka_enricher_dead_letter_topic",
     "KAFKA_CONSUMER_GROUP": "kafka_consumer_group",
     "KAFKA_TOPIC_PARTITIONS": "kafka_topic_partitions",
     "KAFKA_CLIENT_CONFIG": "kafka_client_config",

@@ -23,7 +23,7 @@ EXPORT_COLUMNS = (
     "channels", "bit_depth", "megapixels", "mean_brightness", "sharpness", "edge_density",
     "dominant_color", "faces", "phash", "sha256", "thumbnail_key", "grayscale_key", "etag",
     "timestamp", "last_modified", "event_time", "processed_at", "processing_ms", "pipeline_version",
-    "size_bin_kb", "processed_hour", "frames",
+    "size_bin_kb", "processed_hour", "frames", "text_chars",
 )
 
 # The duplicates job's pHash bands: both of its scripts must cut the hash the same way.

@@ -52,7 +52,10 @@ def settings(stack: Settings, unique: str) -> Settings:
         kafka_indexed_topic=f"test-{unique}-indexed",
         kafka_consumer_group=f"test-group-{unique}", meili_index=f"test_{unique}",
         s3_raw_prefix=f"test-{unique}/raw/", s3_processed_prefix=f"test-{unique}/processed/",
-        kafka_topic_partitions=3)
+        kafka_topic_partitions=3,
+        # The enrichment stage's (the consumer announces to the indexed topic; enricher/ reads it).
+        kafka_backfill_topic=f"test-{unique}-backfill",
+        kafka_enricher_dead_letter_topic=f"test-{unique}-indexed-dlq", kafka_enricher_group=f"test-enricher-{unique}")
     topics = [isolated.kafka_topic, isolated.kafka_dead_letter_topic, isolated.kafka_indexed_topic]
     kafka.ensure_topics(isolated, topics)
     # Without the embedder: a test may add documents without descriptors; the consumer adds it.
@@ -65,7 +68,8 @@ def settings(stack: Settings, unique: str) -> Settings:
     except Exception:  # the test may have stopped MeiliSearch
         pass
     try:
-        kafka.delete_topics(isolated, topics, timeout=15)
+        kafka.delete_topics(isolated, topics + [isolated.kafka_backfill_topic,
+                                                isolated.kafka_enricher_dead_letter_topic], timeout=15)
     except Exception:  # clean-up only: a broker restarted by the test may still be busy
         pass
     from imgpipe import s3

@@ -57,7 +57,10 @@ def test_every_target_of_the_issue_is_there():
         # issue 18: views that do not grow with the index
         "visualize_1m": ("ratio", "<=", 2.0), "visualize_1m_peak_rss_mb": ("ratio", "<=", 1.5),
         # issue 25: PUT on the real S3 server -> searchable through its notifications
-        "latency_upload_p50": ("value", "<=", 0.5), "latency_upload_p95": ("value", "<=", 1.0)}
+        "latency_upload_p50": ("value", "<=", 0.5), "latency_upload_p95": ("value", "<=", 1.0),
+        # issue 23: the enrichment models
+        "faces_recall_40px": ("value", ">=", 0.9), "faces_false_per_1000": ("ratio", "<", 1.0),
+        "ocr_cer_16px": ("value", "<=", 0.05), "enricher_faces": ("ratio", ">=", 1.0)}
 
 
 def test_table_shows_each_figure_with_its_target_and_verdict_in_issue_order():

@@ -167,3 +167,28 @@ def test_hostile_keys_bad_filters_charts_and_dead_letters_in_the_browser(dashboa
     browser.get(f"{base}/status")
     assert "--metrics-port 9464" in browser.find_element(By.ID, "no-metrics").text
     assert_no_key(browser, settings)
+
+
+def test_face_boxes_are_drawn_over_the_thumbnail_where_the_faces_are(dashboard, browser, settings):
+    """The enricher's face_boxes (fractions of the image) on the image page: an SVG over the
+    thumbnail, each box where its fractions put it (the page's CSP allows no inline style)."""
+    from selenium.webdriver.common.by import By
+
+    from imgpipe import meili
+
+    base, data = dashboard
+    doc = next(d for d in data.docs if d["id"] in data.thumbnails)
+    client = meili.client(settings, key=settings.meili_master_key)
+    task = client.index(settings.meili_index).update_documents([{
+        "id": doc["id"], "faces": 1, "face_boxes": [{"x": 0.25, "y": 0.1, "w": 0.5, "h": 0.4, "confidence": 0.9}],
+        "text": "Invoice 4711", "text_lines": [{"text": "Invoice 4711", "box": [0.1, 0.8, 0.5, 0.1], "confidence": 0.99}]}])
+    meili.wait_for_task(client, settings, task.task_uid, "adding the enrichment")
+    browser.get(f"{base}/image/{doc['id']}")
+    loaded_images(browser, ".pictures img")
+    picture = browser.find_element(By.ID, "thumbnail").rect
+    face = browser.find_element(By.CSS_SELECTOR, "#face-boxes rect.face").rect
+    assert face["x"] == pytest.approx(picture["x"] + 0.25 * picture["width"], abs=2)
+    assert face["y"] == pytest.approx(picture["y"] + 0.1 * picture["height"], abs=2)
+    assert face["width"] == pytest.approx(0.5 * picture["width"], abs=2)
+    assert face["height"] == pytest.approx(0.4 * picture["height"], abs=2)
+    assert browser.find_element(By.ID, "text-lines").text.startswith("Invoice 4711")

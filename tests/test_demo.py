@@ -57,6 +57,13 @@ def test_demo_on_a_small_corpus_reports_what_the_stack_holds(settings, tmp_path)
     assert len(report["charts"]) >= 5
     assert "demo summary" in result.stdout and "dead letters" in result.stdout
 
+    # The enricher ran after the consumer: faces found, and a word only inside a scan found.
+    assert report["enriched"] == len(docs) and report["enricher_dead_lettered"] == 0
+    assert any("astronaut" in key for key, _ in report["with_faces"])
+    assert [key.rsplit("/", 1)[-1] for key, _ in report["text_hits"]] == ["receipt-0001.png"]
+    assert "Zebrafish food" in report["text_hits"][0][1]
+    assert "search for 'zebrafish', a word found only inside an image:" in result.stdout
+
 
 def test_running_the_demo_twice_gives_the_same_index(settings, tmp_path):
     runs = []

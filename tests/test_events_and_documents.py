@@ -205,7 +205,7 @@ def test_the_document_carries_its_size_bin_and_processing_hour_last():
     from fixtures.documents import sample_documents
     from imgpipe.document import FIELDS, hour_of, size_bin_kb
 
-    assert list(FIELDS)[-3:] == ["size_bin_kb", "processed_hour", "frames"]
+    assert list(FIELDS)[-3:] == ["processed_hour", "frames", "text_chars"]
     for doc in sample_documents(50, awkward=False):
         assert doc["size_bin_kb"] == size_bin_kb(doc["size_bytes"])
         assert doc["size_bin_kb"] * 1024 <= doc["size_bytes"]

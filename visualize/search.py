@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Search the image index: full-text query, MeiliSearch filter and sort, printed as a table.
 
-The query matches file_name, key, format, dominant_color and bucket; an empty query lists
-everything the filter lets through. Filters and sorts use the attributes of
+The query matches file_name, key, format, dominant_color, bucket and the text read in the
+image (the enricher's `text`: the line that matched is shown); an empty query lists everything
+the filter lets through. Filters and sorts use the attributes of
 imgpipe.document.INDEX_SETTINGS (faces, format, size_kb, width, timestamp, ...).
 
 Settings from the environment and .env: MEILI_URL, MEILI_SEARCH_KEY (reading never needs
@@ -21,6 +22,10 @@ from imgpipe.errors import UserError
 from imgpipe.settings import Settings, load_settings
 
 HIT_COLUMNS = ["file_name", "size_kb", "width×height", "format", "faces", "timestamp (UTC)", "key"]
+# MeiliSearch marks the words that matched in `_formatted` with these (never in document text:
+# private-use characters), so the matching line can be found and shown with its words marked.
+MATCH_START, MATCH_END = "\ue000", "\ue001"
+SHOWN_LINE_CHARS = 80
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cli.parser("visualize/search.py", __doc__, [
         "python visualize/search.py cat",
+        "python visualize/search.py invoice --filter 'text_chars > 0'   # words read inside images",
         "python visualize/search.py cat --filter 'faces > 0 AND format = \"jpeg\"' --sort timestamp:desc --limit 20",
         "python visualize/search.py --filter 'size_kb > 1000' --sort size_kb:desc --json",
         "python visualize/search.py --similar 'raw/photos/cat 1.jpg' --limit 10   # images that look alike",
@@ -71,6 +77,9 @@ def run_similar(settings: Settings, key: str, bucket: str, params: dict) -> dict
 
 def search_params(args) -> dict:
     params: dict = {"limit": args.limit, "offset": args.offset}
+    if args.query:
+        params.update({"attributesToHighlight": ["text"], "highlightPreTag": MATCH_START,
+                       "highlightPostTag": MATCH_END})
     if args.filter:
         params["filter"] = args.filter
     if args.sort:
@@ -88,6 +97,34 @@ def run_search(settings: Settings, query: str, params: dict) -> dict:
         raise meili.as_user_error(exc) from None
 
 
+def matching_lines(hit: dict) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """The lines of the hit's `text` in which the query matched, each as its plain text and as
+    parts (text, matched?) for showing the matched words."""
+    formatted = (hit.get("_formatted") or {}).get("text") or ""
+    lines = []
+    for line in formatted.split("\n"):
+        if MATCH_START not in line:
+            continue
+        parts = []
+        for i, piece in enumerate(line.split(MATCH_START)):
+            matched, _, rest = piece.partition(MATCH_END) if i else ("", "", piece)
+            if matched:
+                parts.append((matched, True))
+            if rest:
+                parts.append((rest, False))
+        lines.append(("".join(text for text, _ in parts), parts))
+    return lines
+
+
+def shown_match(hit: dict) -> str:
+    """The first matching line, its matched words in [brackets], cut to SHOWN_LINE_CHARS."""
+    lines = matching_lines(hit)
+    if not lines:
+        return ""
+    text = "".join(f"[{t}]" if matched else t for t, matched in lines[0][1])
+    return cli.printable(text if len(text) <= SHOWN_LINE_CHARS else text[:SHOWN_LINE_CHARS - 1] + "…")
+
+
 def hits_table(hits: list[dict], tablefmt: str = "simple") -> str:
     from visualize.documents import to_frame
     from visualize.tables import image_rows, render
@@ -99,6 +136,9 @@ def hits_table(hits: list[dict], tablefmt: str = "simple") -> str:
     if all("_rankingScore" in hit for hit in hits):  # --similar: how alike, 1.0 = the same picture
         return render([[round(hit["_rankingScore"], 3), *row] for hit, row in zip(hits, rows)],
                       ["likeness", *HIT_COLUMNS], tablefmt)
+    if any(matching_lines(hit) for hit in hits):  # words found inside images: show the line
+        return render([row + [shown_match(hit)] for hit, row in zip(hits, rows)], [*HIT_COLUMNS, "text in image"],
+                      tablefmt)
     return render(rows, HIT_COLUMNS, tablefmt)
 
 
@@ -123,6 +163,8 @@ def search(args) -> int:
         response = run_search(settings, query, search_params(args))
     hits = response["hits"]
     if args.json:
+        for hit in hits:
+            hit.pop("_formatted", None)
         json.dump(hits, sys.stdout, indent=2, ensure_ascii=False)
         print()
         print(summary_line(response, query, len(hits)), file=sys.stderr)

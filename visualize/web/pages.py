@@ -22,7 +22,7 @@ DERIVED = {"thumbnail": "thumbnail_key", "grayscale": "grayscale_key"}
 MAX_DERIVED_BYTES = 20 * 1024 * 1024
 SIMILAR = 8
 SORTS = [f"{name}:{way}" for name in INDEX_SETTINGS["sortableAttributes"] for way in ("desc", "asc")]
-CARD_FIELDS = ["id", "file_name", "size_kb", "format", "width", "height", "faces", "timestamp"]
+CARD_FIELDS = ["id", "file_name", "size_kb", "format", "width", "height", "faces", "timestamp", "text_chars"]
 
 
 @dataclass
@@ -98,6 +98,11 @@ def card(hit: dict) -> dict:
     shown["page"] = url_for("pages.image", doc_id=hit["id"])
     if "_rankingScore" in hit:
         shown["likeness"] = round(hit["_rankingScore"], 3)
+    from visualize.search import matching_lines
+
+    lines = matching_lines(hit)
+    if lines:  # the query matched words read inside the image: the line, its words marked
+        shown["text_match"] = lines[0][1]
     return shown
 
 
@@ -125,6 +130,11 @@ def search():
     if image_format and image_format not in formats:
         raise UserError(f"no image has the format {image_format!r}")
     params = {"limit": size, "offset": (page - 1) * size, "attributesToRetrieve": CARD_FIELDS}
+    if query:
+        from visualize.search import MATCH_END, MATCH_START
+
+        params.update({"attributesToHighlight": ["text"], "highlightPreTag": MATCH_START,
+                       "highlightPostTag": MATCH_END})
     if image_format:  # the user's filter in brackets, so its OR cannot swallow the format
         params["filter"] = " AND ".join([*([f"({user_filter})"] if user_filter else []),
                                          f"format = {json.dumps(image_format)}"])
@@ -174,7 +184,27 @@ def image(doc_id: str):
         "file_name": doc.get("file_name") or doc.get("key") or doc_id,
         "thumbnail": url_for("pages.derived", doc_id=doc_id, kind="thumbnail"),
         "grayscale": url_for("pages.derived", doc_id=doc_id, kind="grayscale"),
-        "similar": similar, "similar_message": why_none})
+        "similar": similar, "similar_message": why_none,
+        # The enricher's: boxes as fractions of the upright image, so they fit the thumbnail.
+        "face_boxes": _boxes(doc.get("face_boxes")), "text_lines": _lines(doc.get("text_lines"))})
+
+
+def _boxes(boxes) -> list[dict]:
+    shown = []
+    for box in boxes if isinstance(boxes, list) else []:
+        try:
+            shown.append({k: round(float(box[k]), 4) for k in ("x", "y", "w", "h", "confidence")})
+        except (TypeError, KeyError, ValueError):
+            continue  # not the enricher's shape: the fields table still shows it
+    return shown
+
+
+def _lines(lines) -> list[dict]:
+    shown = []
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, dict) and isinstance(line.get("text"), str):
+            shown.append({"text": line["text"], "confidence": line.get("confidence")})
+    return shown
 
 
 def servable(key, prefix: str) -> bool:

@@ -1,4 +1,4 @@
-"""The consumer's and producer's status from their Prometheus metrics (imgpipe/metrics.py names
+"""The consumer's, producer's and enricher's status from their Prometheus metrics (imgpipe/metrics.py names
 them): totals, rates, lag per partition, in-flight images and latency histograms.
 
 The text is parsed by prometheus-client's own parser. Rates need two scrapes: the tracker keeps
@@ -29,13 +29,20 @@ COUNTERS = (
     ("imgpipe_consumer_batches_total", None, "batches"),
     ("imgpipe_producer_events_total", "action", "events produced"),
     ("imgpipe_producer_delivery_failures_total", None, "delivery failures"),
+    ("imgpipe_enricher_messages_total", "lane", "announcements consumed"),
+    ("imgpipe_enricher_documents_enriched_total", "lane", "documents enriched"),
+    ("imgpipe_enricher_skipped_total", "reason", "enrichments skipped"),
+    ("imgpipe_enricher_dead_letters_total", "stage", "enricher dead letters"),
 )
 HISTOGRAMS = (
     ("imgpipe_consumer_processing_seconds", "processing per image (fetch, process, store)"),
     ("imgpipe_consumer_produce_to_searchable_seconds", "produce → searchable"),
+    ("imgpipe_enricher_event_to_enriched_seconds", "event → enriched (enrichment lag)"),
 )
 LAG = "imgpipe_consumer_lag_messages"
 IN_FLIGHT = "imgpipe_consumer_images_in_flight"
+ENRICHER_LAG = "imgpipe_enricher_lag_messages"  # per lane (live, backfill), not per partition
+ENRICHMENT_LAG = "imgpipe_enricher_last_enrichment_lag_seconds"
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Endpoint:
     counters: list[Counter] = field(default_factory=list)
     lag: list[tuple[str, str, float]] = field(default_factory=list)  # (topic, partition, messages)
     in_flight: float | None = None
+    enrichment_lag_seconds: float | None = None  # event to enrichment, of the last document enriched
     histograms: list[Histogram] = field(default_factory=list)
     rate_seconds: float | None = None  # the window the rates cover
 
@@ -149,8 +157,12 @@ def summarise(url: str, samples: dict, before: tuple[float, dict] | None, now: f
         if sample == LAG:
             named = dict(labels)
             endpoint.lag.append((named.get("topic", ""), named.get("partition", ""), value))
+        elif sample == ENRICHER_LAG:
+            endpoint.lag.append((f"{dict(labels).get('lane', '')} lane", "", value))
         elif sample == IN_FLIGHT:
             endpoint.in_flight = value
+        elif sample == ENRICHMENT_LAG:
+            endpoint.enrichment_lag_seconds = value
     endpoint.lag.sort(key=lambda row: (row[0], int(row[1]) if row[1].isdigit() else 0, row[1]))
     for name, what in HISTOGRAMS:
         count = samples.get((f"{name}_count", ()))
