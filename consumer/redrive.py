@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "python consumer/redrive.py --dry-run                       # list every dead letter",
         "python consumer/redrive.py --stage fetch --since 2026-12-01T08:00:00Z",
         "python consumer/redrive.py --stage budget --reason-contains PROCESSING_TIMEOUT",
+        "python consumer/redrive.py --stage decode --stage guard --dry-run --json",
+        "python consumer/redrive.py --enricher --stage text      # the enricher's, back to KAFKA_INDEXED_TOPIC"])
+    p.add_argument("--stage", action="append", default=[], choices=[stage.value for stage in Stage],
                    help="only dead letters of this stage (repeatable)")
     p.add_argument("--since", metavar="TIME", help="only dead letters written at or after this UTC ISO-8601 time")
     p.add_argument("--until", metavar="TIME", help="only dead letters written before this UTC ISO-8601 time")
