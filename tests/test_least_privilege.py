@@ -37,8 +37,11 @@ def held(env: dict[str, str]) -> set[str]:
 
 
 # --- docker compose -----------------------------------------------------------------------------
-COMPOSE_EXPECTED = {"kafka": set(), "meilisearch": {MASTER}, "s3": set(), "init": set(), "meili-setup": {MASTER},
-                    "producer": set(), "consumer": {CONSUMER}, "corpus": set(), "reader": {READER}}
+COMPOSE_EXPECTED = {"kafka": set(), "meilisearch": {MASTER}, "s3": set(), "topics": set(), "init": set(),
+                    "meili-setup": {MASTER}, "producer": set(), "reconcile": {READER}, "consumer": {CONSUMER},
+                    "corpus": set(), "reader": {READER}}
+# The services that mount each role's key volume: reconcile only lists documents, as readers do.
+KEY_VOLUME_USERS = {"consumer": {"consumer"}, "reader": {"reader", "reconcile"}}
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +114,16 @@ def test_in_compose_only_the_server_and_the_one_shot_set_up_hold_the_master_key(
     setup = services["meili-setup"]
     assert setup["command"][:3] == ["python", "deploy/host/provision.py", "meili"]
     assert services["consumer"]["depends_on"]["meili-setup"]["condition"] == "service_completed_successfully"
-    # Each key volume is mounted read-only by the one service that needs it, and by no other.
+    # Each key volume is mounted read-only by the services of its role, and by no other.
     for (volume, _), role in volume_roles(compose).items():
         users = [(n, m) for n, s in services.items() if n != "meili-setup"
                  for m in s.get("volumes", []) if str(m).startswith(f"{volume}:")]
-        assert len(users) == 1 and users[0][1].endswith(":ro"), (role, users)
+        assert {n for n, _ in users} == KEY_VOLUME_USERS[role] and all(m.endswith(":ro") for _, m in users), (role, users)
 
 
 # --- systemd, on the AWS host ------------------------------------------------------------------
 UNITS_EXPECTED = {"imgpipe-kafka": set(), "imgpipe-meilisearch": {MASTER}, "imgpipe-producer": set(),
+                  "imgpipe-producer-notifications": set(), "imgpipe-reconcile": {READER},
                   "imgpipe-consumer": {CONSUMER}, "imgpipe-enricher": {CONSUMER}}
 
 

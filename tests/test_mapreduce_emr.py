@@ -252,6 +252,8 @@ def test_the_deploys_host_hands_its_emr_outputs_to_run_job():
 
     template = load_template()
     user_data = template["Resources"]["Host"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    if isinstance(user_data, list):  # Fn::Sub's [template, variables] form
+        user_data = user_data[0]
     outputs = template["Outputs"]
     for variable, output in (("EMR_SERVICE_ROLE", "EmrServiceRole"), ("EMR_JOB_FLOW_ROLE", "EmrJobFlowRole"),
                              ("EMR_SUBNET_ID", "EmrSubnetId")):
