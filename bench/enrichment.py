@@ -374,7 +374,7 @@ def throughput(count: int, seed: int = 23, photos: list[bytes] | None = None) ->
             run(data)
         return (time.process_time() - started) / len(items)
 
-    return {"core_cpu_s": cpu_per_image(lambda d: process_image(d, ProcessingOptions(face_detection=False)), photos),
+    return {"core_cpu_s": cpu_per_image(lambda d: process_image(d, ProcessingOptions()), photos),
             "faces_cpu_s": cpu_per_image(lambda d: run_models(("faces",), d, limits), photos),
             "text_cpu_photo_s": cpu_per_image(lambda d: run_models(("text",), d, limits), photos),
             "text_cpu_text_image_s": cpu_per_image(lambda d: run_models(("text",), d, limits), texts)}

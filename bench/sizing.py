@@ -56,7 +56,7 @@ def cpu_floor(photos: list[tuple[str, bytes]], passes: int) -> float:
     from imgpipe.errors import MessageError
 
     cv2.setNumThreads(1)
-    options = ProcessingOptions(face_detection=False)
+    options = ProcessingOptions()
     best = float("inf")
     for _ in range(max(1, passes)):
         started = time.thread_time()
@@ -137,7 +137,7 @@ def sizing_figures(summary: dict, images: int, ceiling: tuple[float, float | Non
         Figure("sizing_images_per_core", per_core, "images/s", floor=processing_floor,
                floor_name="same photos, memory, 1 thread",
                detail={"images": images, "workers": "CONSUMER_WORKERS=0 (one per core)", "cores": cores,
-                       "face_detection": False, **cpu,
+                       "configuration": "default", **cpu,
                        "wall_images_per_second": wall,
                        "wall_images_per_second_per_core": round(wall / cores, 2) if wall else None,
                        "measure": "1000 / (consumer busy + worker CPU ms per image): one fully busy core"}),

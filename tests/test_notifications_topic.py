@@ -152,10 +152,10 @@ def test_what_notifications_miss_while_kafka_is_down_reconcile_finds(stack, sett
         broker.start()
     assert server.pid() == s3_pid  # S3 served throughout: versitygw only logged the lost notifications
 
-    # What reached Kafka did; what did not, the index does not know yet.
-    if settle() == ["added-while-down.png", "also-added.png", "kept.png"]:
-        pytest.skip("every notification survived the outage (versitygw retried until Kafka was back): "
-                    "nothing was missed, so reconcile had nothing to show")
+    # What reached Kafka did; what did not, the index does not know yet. Whether versitygw's
+    # writer still held a notification when the broker came back depends on the outage's length
+    # (a short one may lose nothing): either way, after the reconcile the index has every change.
+    settle()
     repaired = run_script("producer/reconcile.py", ["--no-progress"], settings)
     assert repaired.returncode == 0, repaired.stderr
     consumed = run_script("consumer/image_consumer.py", ["--max-idle-seconds", "4", "--no-progress"], settings)
