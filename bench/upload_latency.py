@@ -92,6 +92,8 @@ def upload_latency_run(base: Settings, names: RunNames, step: str, workers: int,
         producer = start_script("producer/image_producer.py",
                                 ["--no-progress", "--notifications-topic", topic, "--max-idle-seconds",
                                  str(max_idle), "--summary-json", str(producer_summary)], settings, producer_log)
+        # Steady state, as the figure's name says: both processes in their groups before the first PUT.
+        _wait_for_assignment(producer, producer_log, topic, timeout=120)
         upload_seconds, returned = _upload_paced(settings, items, rate)
         _stop(producer, producer_log, "producer", timeout=300)
         _stop(consumer, consumer_log, "consumer", timeout=600)

@@ -117,7 +117,10 @@ class TopicProducer:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> TopicReport:
-        self.reader.subscribe([self.topic])
+        # Logged as the consumer logs it: a notification PUT before the group assigned the topic
+        # waits for the join (bench/upload_latency.py starts uploading only after this line).
+        self.reader.subscribe([self.topic], on_assign=lambda _c, partitions: log.info(
+            "assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"))
         log.info("reading S3 notifications of s3://%s/%s from Kafka topic %s (group %s); Ctrl-C to stop",
                  self.bucket, self.prefix, self.topic, self.group)
         idle_since = time.monotonic()
