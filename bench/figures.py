@@ -21,6 +21,7 @@ FIGURE_ORDER = (
     "visualize_100k", "visualize_100k_peak_rss_mb", "visualize_1m", "visualize_1m_peak_rss_mb",
     "faces_recall_40px", "faces_false_per_1000", "faces_cpu_ms", "ocr_cer_16px", "ocr_cer_12px", "ocr_cer_captcha",
     "enricher_faces", "enricher_text",
+    "sizing_images_per_core", "meilisearch_indexing_ceiling", "sizing_fleet_limit_c7i_large",
 )
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}

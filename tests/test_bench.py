@@ -114,7 +114,11 @@ def test_results_json_is_a_list_of_every_figure_in_the_documented_shape(quick):
             assert figure["value"] is None and figure["note"].startswith("skipped")
             continue
         assert figure["value"] is not None, figure
-        assert figure["value"] > 0, figure
+        # Error rates and false detections may well be none; every other figure is a measured amount.
+        if figure["name"] in ("faces_false_per_1000", "ocr_cer_16px", "ocr_cer_12px", "ocr_cer_captcha"):
+            assert figure["value"] >= 0, figure
+        else:
+            assert figure["value"] > 0, figure
 
 
 @pytest.mark.integration
@@ -147,6 +151,11 @@ def test_targets_and_verdicts_are_next_to_their_figures(quick):
             assert figure["target"] is None and figure["met"] is None
             continue
         assert figure["target"].startswith(target.op) and figure["target_of"] == target.of
+        if target.of == "ratio" and figure["floor"] is None:
+            # e.g. faces_false_per_1000 when Haar found no false face in --quick's 20 images: a
+            # ratio to nothing has no verdict, and the table says so ("?")
+            assert figure["met"] is None
+            continue
         subject = figure["ratio"] if target.of == "ratio" else figure["value"]
         assert isinstance(figure["met"], bool)
         assert figure["met"] == Target(target.of, target.op, target.threshold).met(

@@ -39,9 +39,10 @@ def held(env: dict[str, str]) -> set[str]:
 # --- docker compose -----------------------------------------------------------------------------
 COMPOSE_EXPECTED = {"kafka": set(), "meilisearch": {MASTER}, "s3": set(), "topics": set(), "init": set(),
                     "meili-setup": {MASTER}, "producer": set(), "reconcile": {READER}, "consumer": {CONSUMER},
+                    "enricher": {CONSUMER},
                     "corpus": set(), "reader": {READER}}
 # The services that mount each role's key volume: reconcile only lists documents, as readers do.
-KEY_VOLUME_USERS = {"consumer": {"consumer"}, "reader": {"reader", "reconcile"}}
+KEY_VOLUME_USERS = {"consumer": {"consumer", "enricher"}, "reader": {"reader", "reconcile"}}
 
 
 @pytest.fixture(scope="module")
