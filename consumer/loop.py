@@ -114,15 +114,8 @@ class ImageConsumerLoop:
         room = self.limit - self.ledger.in_flight
         if room <= 0:
             return []
-        messages = self.consumer.consume(num_messages=min(self.settings.consumer_batch_size, room),
-                                         timeout=self.settings.consumer_batch_ms / 1000)
-        usable = []
-        for msg in messages:
-            if msg.error() is None:
-                usable.append(msg)
-            else:
-                log.warning("Kafka reported: %s", msg.error())
-        return usable
+        return kafka.without_errors(self.consumer.consume(num_messages=min(self.settings.consumer_batch_size, room),
+                                                          timeout=self.settings.consumer_batch_ms / 1000))
 
     def _advance(self, idle: bool) -> None:
         """Collect what is done; confirm the batches MeiliSearch finished; send the next one when

@@ -134,13 +134,7 @@ class Enricher:
         """The live lane first; the backfill's only when the live one has nothing."""
         wait = self.settings.consumer_batch_ms / 1000
         for lane in (LIVE, BACKFILL):
-            messages = self._consumers[lane].consume(num_messages=self.batch_size, timeout=wait)
-            usable = []
-            for msg in messages:
-                if msg.error() is None:
-                    usable.append(msg)
-                else:
-                    log.warning("Kafka reported: %s", msg.error())
+            usable = kafka.without_errors(self._consumers[lane].consume(num_messages=self.batch_size, timeout=wait))
             if usable:
                 return lane, usable
         return LIVE, []

@@ -336,6 +336,18 @@ def deliver(producer_client, topic: str, messages: list[Outgoing], stop, refused
     return len(messages) - dropped
 
 
+def without_errors(messages) -> list:
+    """The messages of a poll that carry data; what Kafka reported instead (a partition at its end,
+    a broker gone) is logged, never handled as an event."""
+    usable = []
+    for msg in messages:
+        if msg.error() is None:
+            usable.append(msg)
+        else:
+            log.warning("Kafka reported: %s", msg.error())
+    return usable
+
+
 def commit(consumer_client, next_offsets: dict[tuple[str, int], int]) -> None:
     """Commit synchronously, for each (topic, partition), the offset of the next message to read."""
     from confluent_kafka import KafkaException, TopicPartition

@@ -146,13 +146,7 @@ class TopicProducer:
         first = self.reader.poll(1.0)
         if first is None:
             return []
-        return [m for m in [first, *self.reader.consume(BATCH_MESSAGES - 1, timeout=0)] if self._usable(m)]
-
-    def _usable(self, msg) -> bool:
-        if msg.error() is None:
-            return True
-        log.warning("Kafka reported: %s", msg.error())
-        return False
+        return kafka.without_errors([first, *self.reader.consume(BATCH_MESSAGES - 1, timeout=0)])
 
     def _handle_until_done(self, messages: list) -> None:
         """Handle one batch; if Kafka did not acknowledge all of it, read it again from the last
