@@ -189,15 +189,16 @@ class Ledger:
     # MeiliSearch spends ~0.2 s of CPU on each batch it indexes, whatever its size (measured: 12 ms
     # per document in tasks of 25, 2 ms in tasks of 200, 0.7 ms when tasks queue up and it merges
     # them): so under load the documents go in large batches, sent while earlier ones are still
-    # queued, and a small batch goes only when MeiliSearch has nothing else (a trickle, latency).
+    # queued, and a small batch goes only when MeiliSearch has nothing of ours (a trickle,
+    # latency): at once when nothing else runs, else once its oldest waited batch_seconds.
     def batch_due(self, now: float, full: bool, idle: bool) -> bool:
         """Should what is done go to MeiliSearch now? `full`: no room to poll more; `idle`: the
         last poll brought nothing."""
         if not self._done:
             return False
         waited = now - self._done[0].started
-        return (len(self._done) >= self.batch_size or full or (idle and not self._running)
-                or (not self._batches and waited >= self.batch_seconds))
+        return (len(self._done) >= self.batch_size or full
+                or (not self._batches and ((idle and not self._running) or waited >= self.batch_seconds)))
 
     def take_batch(self) -> Batch:
         """Everything done since the last batch, as the next batch sent (the caller submits it)."""

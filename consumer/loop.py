@@ -48,6 +48,11 @@ REVOKE_WAIT_SECONDS = 60.0
 # Nothing fetched for this long while the assigned partitions have lag: the fetch stalled.
 STALL_SECONDS = 10.0
 STALL_RECOVERIES = 5  # in a row without a message, then the consumer gives up (exit 1)
+# The longest a turn of the loop waits for Kafka while images run or batches are in MeiliSearch.
+BUSY_POLL_SECONDS = 0.01
+# How often MeiliSearch is asked whether a batch's task finished (a small GET; its tasks of a few
+# documents take 50-200 ms).
+SETTLED_CHECK_SECONDS = 0.025
 
 
 @dataclass(eq=False)
@@ -111,11 +116,15 @@ class ImageConsumerLoop:
         return self.stats
 
     def _poll(self) -> list:
+        """What Kafka has now, up to a batch. While images run or batches wait for MeiliSearch the
+        wait is short (BUSY_POLL_SECONDS), so that what finishes is sent and confirmed at once:
+        with CONSUMER_BATCH_MS per turn, a trickle paid several turns of latency per image."""
         room = self.limit - self.ledger.in_flight
         if room <= 0:
-            return []
-        return kafka.without_errors(self.consumer.consume(num_messages=min(self.settings.consumer_batch_size, room),
-                                                          timeout=self.settings.consumer_batch_ms / 1000))
+            return []  # full: _advance() waits for what runs
+        busy = bool(self._futures or self.ledger.batches or self.ledger.done_count)
+        wait = BUSY_POLL_SECONDS if busy else self.settings.consumer_batch_ms / 1000
+        return kafka.poll_batch(self.consumer, min(self.settings.consumer_batch_size, room), wait)
 
     def _advance(self, idle: bool) -> None:
         """Collect what is done; confirm the batches MeiliSearch finished; send the next one when
@@ -128,8 +137,8 @@ class ImageConsumerLoop:
             self._confirm(self.ledger.batches[0])
         if self.ledger.batch_due(time.monotonic(), full, idle):
             self._send()
-        if self.ledger.batches and (full or (idle and not self.ledger.running_count)):
-            self._confirm(self.ledger.batches[0])  # room for more, or a trickle made searchable now
+        if self.ledger.batches and full:
+            self._confirm(self.ledger.batches[0])  # waits: nothing else makes room
 
     # --- one message: start, then collect ------------------------------------------------------------
     def _start(self, msg) -> None:
@@ -216,9 +225,9 @@ class ImageConsumerLoop:
 
     # --- MeiliSearch, dead letters, announcements, commits -------------------------------------------
     def _settled(self, batch: Batch) -> bool:
-        """Has MeiliSearch finished the batch's tasks? Asked at most every 50 ms."""
+        """Has MeiliSearch finished the batch's tasks? Asked at most every SETTLED_CHECK_SECONDS."""
         now = time.monotonic()
-        if now - batch.checked_at < 0.05:
+        if now - batch.checked_at < SETTLED_CHECK_SECONDS:
             return False
         batch.checked_at = now
         return self.indexer.settled(batch.task)

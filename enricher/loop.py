@@ -134,7 +134,7 @@ class Enricher:
         """The live lane first; the backfill's only when the live one has nothing."""
         wait = self.settings.consumer_batch_ms / 1000
         for lane in (LIVE, BACKFILL):
-            usable = kafka.without_errors(self._consumers[lane].consume(num_messages=self.batch_size, timeout=wait))
+            usable = kafka.poll_batch(self._consumers[lane], self.batch_size, wait)
             if usable:
                 return lane, usable
         return LIVE, []

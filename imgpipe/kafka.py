@@ -348,6 +348,17 @@ def without_errors(messages) -> list:
     return usable
 
 
+def poll_batch(consumer_client, max_messages: int, timeout: float) -> list:
+    """Up to `max_messages` usable messages: waits up to `timeout` for the first, then takes what
+    is already fetched without waiting. consume(n, timeout) alone returns only once it has n
+    messages or the timeout passed, so on a trickle every message would wait the whole timeout."""
+    first = consumer_client.poll(timeout)
+    if first is None:
+        return []
+    rest = consumer_client.consume(max_messages - 1, timeout=0) if max_messages > 1 else []
+    return without_errors([first, *rest])
+
+
 def commit(consumer_client, next_offsets: dict[tuple[str, int], int]) -> None:
     """Commit synchronously, for each (topic, partition), the offset of the next message to read."""
     from confluent_kafka import KafkaException, TopicPartition

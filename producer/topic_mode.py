@@ -141,12 +141,8 @@ class TopicProducer:
         return self.report
 
     def _next_batch(self) -> list:
-        """What is there now, up to BATCH_MESSAGES, waiting up to 1 s for the first (consume() alone
-        would wait the whole second for a full batch: a second of latency on every trickle)."""
-        first = self.reader.poll(1.0)
-        if first is None:
-            return []
-        return kafka.without_errors([first, *self.reader.consume(BATCH_MESSAGES - 1, timeout=0)])
+        """What is there now, up to BATCH_MESSAGES, waiting up to 1 s for the first."""
+        return kafka.poll_batch(self.reader, BATCH_MESSAGES, 1.0)
 
     def _handle_until_done(self, messages: list) -> None:
         """Handle one batch; if Kafka did not acknowledge all of it, read it again from the last

@@ -176,3 +176,21 @@ def test_a_batch_is_due_when_full_when_idle_or_when_its_oldest_waited_long_enoug
     book.finish(works[1], Indexed(doc("img-1")))
     book.finish(works[2], Indexed(doc("img-2")))
     assert book.batch_due(now=0.1, full=False, idle=False)  # a batch's worth
+
+
+def test_with_a_batch_in_meilisearch_a_small_batch_waits_for_it_or_for_batch_seconds():
+    book = ledger(batch_size=10)
+    works = [add(book, 0, 0, "img-0")]
+    book.finish(works[0], Indexed(doc("img-0")))
+    assert book.batch_due(now=0.0, full=False, idle=True)  # nothing else runs, nothing of ours queued
+    first = book.take_batch()
+    works += [add(book, 0, offset, f"img-{offset}") for offset in (1, 2)]
+    book.finish(works[1], Indexed(doc("img-1")))
+    book.finish(works[2], Indexed(doc("img-2")))
+    # A trickle does not pile up one task per image behind the first one...
+    assert not book.batch_due(now=0.0, full=False, idle=True)
+    assert not book.batch_due(now=0.6, full=False, idle=True)
+    # ... it goes once MeiliSearch has confirmed the batch before it, or when there is no room.
+    assert book.batch_due(now=0.0, full=True, idle=False)
+    book.confirm(first)
+    assert book.batch_due(now=0.0, full=False, idle=True)

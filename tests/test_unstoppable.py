@@ -4,6 +4,7 @@ consumer runs as a user runs it, and every check counts documents, dead letters 
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 import zlib
 
@@ -232,3 +233,26 @@ def test_a_mixed_stream_drains_and_every_message_ends_where_it_should(settings, 
     assert by_name == {"over-estimate.png": "budget", "over-memory.png": "budget", "truncated.png": "decode",
                        "bomb.png": "guard"}
     assert summary["peak_rss_mb"] < 250, summary["peak_rss_mb"]
+
+
+def test_the_processing_workers_start_with_the_pool_not_with_the_first_image():
+    """pebble starts its workers with the first task; the pool starts them at once, so that they
+    load OpenCV while the consumer joins its group instead of keeping the first image waiting."""
+    import psutil
+
+    from consumer.workers import ProcessingPool
+    from fixtures.images import photo_like_jpeg
+    from imgpipe.settings import Settings
+
+    before = {p.pid for p in psutil.Process().children()}
+    pool = ProcessingPool(Settings(), workers=2)
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        while len(started) < 2 and time.monotonic() < deadline:
+            started = {p.pid for p in psutil.Process().children()} - before
+            time.sleep(0.1)
+        assert len(started) >= 2  # both workers up, and no image was given yet
+        assert pool.process(photo_like_jpeg(1, 320, 240)).features["width"] == 320
+    finally:
+        pool.close()
