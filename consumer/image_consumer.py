@@ -24,7 +24,6 @@ MeiliSearch index keyed by another field, an invalid index name, a refused key, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -174,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"\n  dead letters the broker refused altogether (originals stay in {settings.kafka_topic}): "
                  f"{stats.dead_letters_refused}" if stats.dead_letters_refused else ""),
               file=sys.stderr)
-        if args.summary_json:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(summary, indent=2))
+        cli.write_summary_json(args.summary_json, summary)
         return cli.EXIT_OK
 
     return cli.run(body)

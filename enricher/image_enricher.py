@@ -21,7 +21,6 @@ Exit status: 0 stopped cleanly, 1 a service failed at start-up, 2 usage or setti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -105,9 +104,7 @@ def backfill(args, settings, models) -> int:
     print(f"backfill: scanned {stats.scanned} documents of {settings.meili_index}, announced {stats.announced} "
           f"lacking {', '.join(f'{k} {v}' for k, v in versions.items())} on {settings.kafka_backfill_topic} "
           f"in {stats.seconds:.1f} s", file=sys.stderr)
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(vars(stats), indent=2))
+    cli.write_summary_json(args.summary_json, vars(stats))
     return cli.EXIT_OK
 
 
@@ -152,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f"\n  skipped ({reason}): {n}" for reason, n in sorted(stats.skipped.items()))
               + "".join(f"\n  dead-lettered at {stage}: {n}" for stage, n in sorted(stats.dead_letter_reasons.items())),
               file=sys.stderr)
-        if args.summary_json:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(summary, indent=2))
+        cli.write_summary_json(args.summary_json, summary)
         return cli.EXIT_OK
 
     return cli.run(body)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -103,6 +104,18 @@ def run(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def write_summary_json(path, summary: Mapping) -> None:
+    """--summary-json: the run's summary as JSON at `path` (its folder made first); nothing when no
+    path was given. A path that cannot be written is a UserError that names it and why."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise UserError(f"cannot write the summary to {path}: {exc.strerror or exc}") from None
 
 
 def progress(total: int | None, desc: str, unit: str = "it", enabled: bool | None = None):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import signal
 import sys
@@ -207,12 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             sent, failed = one_pass(settings, client, bucket, prefix, args.key, args.limit, None, args.progress,
                                     args.rate, metrics=metrics)
-            if args.summary_json:
-                seconds = time.monotonic() - started
-                args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-                args.summary_json.write_text(json.dumps({
-                    "sent": sent, "failed": failed, "seconds": round(seconds, 3),
-                    "events_per_second": round(sent / seconds, 1) if seconds > 0 else None}, indent=2))
+            seconds = time.monotonic() - started
+            cli.write_summary_json(args.summary_json, {
+                "sent": sent, "failed": failed, "seconds": round(seconds, 3),
+                "events_per_second": round(sent / seconds, 1) if seconds > 0 else None})
             return cli.EXIT_FAILURES if failed else cli.EXIT_OK
 
         state = SentState(args.state_file or default_state_file(settings, bucket, prefix, settings.kafka_topic))
@@ -245,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         report = QueueProducer(settings, queue_url, bucket, prefix, args.wait_seconds, args.max_idle_seconds,
                                stop, metrics).run()
         print(f"producer: {report.summary()}", file=sys.stderr)
-        if args.summary_json:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
+        cli.write_summary_json(args.summary_json, report.as_dict())
         return cli.EXIT_FAILURES if report.failed or report.malformed or report.kept else cli.EXIT_OK
 
     def from_topic(settings: Settings, topic: str, bucket: str, prefix: str, metrics) -> int:
@@ -279,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
         report = TopicProducer(settings, topic, bucket, prefix, args.max_idle_seconds, stop, metrics, group).run()
         print(f"producer: {report.summary()}", file=sys.stderr)
-        if args.summary_json:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(report.as_dict(), indent=2))
+        cli.write_summary_json(args.summary_json, report.as_dict())
         return cli.EXIT_FAILURES if report.failed or report.dead_lettered else cli.EXIT_OK
 
     return cli.run(body)

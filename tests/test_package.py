@@ -118,3 +118,22 @@ def test_whole_number_options_share_one_range_rule():
         cli.check_ranges(argparse.Namespace(limit=0, offset=-1, previews=6, port=70000), ranges)
     assert str(err.value) == ("--limit must be at least 1, got 0; --offset must be 0 or more, got -1; "
                               "--previews must be between 0 and 5, got 6; --port must be at most 65535, got 70000")
+
+
+def test_summary_json_is_written_where_asked_and_an_unwritable_path_is_a_clear_user_error(tmp_path):
+    import json
+
+    import pytest
+
+    from imgpipe import cli
+    from imgpipe.errors import UserError
+
+    cli.write_summary_json(None, {"sent": 1})  # no --summary-json: nothing written, nothing raised
+    target = tmp_path / "runs" / "today" / "summary.json"
+    cli.write_summary_json(target, {"sent": 3, "failed": 0})
+    assert json.loads(target.read_text()) == {"sent": 3, "failed": 0}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError) as caught:
+        cli.write_summary_json(blocker / "summary.json", {"sent": 3})
+    assert str(blocker / "summary.json") in str(caught.value)

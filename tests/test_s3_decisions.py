@@ -29,7 +29,11 @@ SETUP_REQUESTS = 7
 
 
 @pytest.fixture
-def moto_s3(settings, tmp_path):
+def moto_s3(settings, tmp_path, monkeypatch):
+    # boto3 signs with whatever key it finds; moto's set-up requests need one. Set for this test
+    # only: a key left in os.environ would change what later tests' clients send.
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-test-key")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -59,7 +63,6 @@ def _answers(port: int) -> bool:
 def set_the_scene(local) -> dict[str, str]:
     """Objects (one archived) and an IAM user allowed everything but reading one key; returns
     that user's credentials."""
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local-test-key")
     client = s3.client(local)
     image = encode(gradient_pattern(200, 150), ".jpg")
     client.create_bucket(Bucket=BUCKET)
