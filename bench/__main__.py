@@ -11,8 +11,8 @@ own bucket notifications in Kafka and the producer's notifications mode. The siz
 MeiliSearch's indexing ceiling, for the README's sizing table of the AWS consumer fleet. The
 enrichment step (bench/enrichment.py) measures the face table (Haar against YuNet), OCR error
 rates and the models' CPU in memory. Prints a table and writes results.json; the run's topics,
-indexes and S3 objects are deleted at the end. Takes about 12 minutes on 2 cores (the enrichment
-and sizing steps are half of it), plus a minute the first time to write the 1,000,000-row
+indexes and S3 objects are deleted at the end. Takes about 16 minutes on 2 cores (the enrichment
+and duplicates steps are half of it), plus a minute the first time to write the 1,000,000-row
 MapReduce input and a few more to index the 100,000 and 1,000,000 documents report.py runs on
 (kept in the local MeiliSearch for later runs; --quick: about 3 minutes).
 
@@ -41,7 +41,7 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
 
 def build_parser():
     p = cli.parser("python -m bench", __doc__, [
-        "make bench                                  # the full run, about 12 minutes",
+        "make bench                                  # the full run, about 16 minutes",
         "python -m bench --quick --out /tmp/r.json    # a handful of images: checks the harness",
         "CONSUMER_BATCH_MS=100 python -m bench --only in_memory --only pipelines",
         "python -m bench --photos 120 --only sizing   # images per core and MeiliSearch's ceiling",
