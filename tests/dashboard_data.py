@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import dataclass
 
 from fixtures.documents import random_descriptor
@@ -68,7 +69,10 @@ def write_dead_letters(settings, letters: list[tuple[str, str, str]]) -> None:
     """(object key, stage, reason) dead letters, oldest first, one second apart, spread over the
     partitions of the dead-letter topic, with the headers the consumer writes."""
     producer = kafka.producer(settings)
-    base = 1_764_000_000_000
+    # Recent timestamps: the broker deletes records older than the topic's retention (7 days), so
+    # a fixed date in the past makes the letters vanish whenever its retention check runs between
+    # this write and the read (it did, a year after the date was written).
+    base = int(time.time() * 1000) - 1000 * len(letters)
     for i, (key, stage, reason) in enumerate(letters):
         event = json.dumps({"schema_version": 1, "bucket": settings.s3_bucket, "key": key}).encode()
         headers = [("error_class", b"MessageError"), ("stage", stage.encode()), ("reason", reason.encode()),
