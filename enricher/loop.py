@@ -134,7 +134,10 @@ class Enricher:
         """The live lane first; the backfill's only when the live one has nothing."""
         wait = self.settings.consumer_batch_ms / 1000
         for lane in (LIVE, BACKFILL):
-            usable = kafka.poll_batch(self._consumers[lane], self.batch_size, wait)
+            # A whole window, not kafka.poll_batch: an object's announcements that arrive together
+            # (an upload, then its deletion) are then read together and only the last is acted on.
+            # Read one by one, the upload's fetch finds the object gone and is dead-lettered.
+            usable = kafka.without_errors(self._consumers[lane].consume(num_messages=self.batch_size, timeout=wait))
             if usable:
                 return lane, usable
         return LIVE, []
