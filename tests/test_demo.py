@@ -75,5 +75,8 @@ def test_running_the_demo_twice_gives_the_same_index(settings, tmp_path):
         docs = all_documents(settings)
         runs.append(sorted((d["id"], d["sha256"], d["width"], d["height"]) for d in docs))
         summary = sorted((out / "mapreduce").glob("part-*"))
-        runs[-1].append(tuple(p.read_text() for p in summary))
+        # The summary's day and hour rows count by processing time: two runs either side of an
+        # hour (or a midnight) differ there and nowhere else.
+        runs[-1].append(tuple("".join(line for line in p.read_text().splitlines(keepends=True)
+                                      if not line.startswith(("day\t", "hour\t"))) for p in summary))
     assert runs[0] == runs[1]
