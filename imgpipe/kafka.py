@@ -470,10 +470,15 @@ def watermarks(settings: Settings, topic: str, timeout: float = 10.0) -> dict[in
 
 def read_latest(settings: Settings, topic: str, count: int, timeout: float = 10.0) -> list:
     """The last `count` messages of `topic`, newest first (by message timestamp): at most `count`
-    from the end of each partition are read, whatever the topic holds."""
+    from the end of each partition are read, whatever the topic holds. A topic that holds some of
+    which none arrived within `timeout` is a KafkaError (UNAVAILABLE), never an empty answer."""
     ends = watermarks(settings, topic, timeout)
     start = {p: max(low, high - count) for p, (low, high) in ends.items()}
     messages = read_messages(settings, topic, start, {p: high for p, (_, high) in ends.items()}, timeout)
+    expected = sum(high - start[p] for p, (_, high) in ends.items())
+    if expected and not messages:
+        raise KafkaError("reading", topic, "_TIMED_OUT", f"none of its latest {expected} message(s) arrived "
+                         f"within {timeout:.0f} s", UNAVAILABLE)
     messages.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()), reverse=True)
     return messages[:count]
 

@@ -192,16 +192,16 @@ def test_dead_letters_are_the_latest_newest_first_with_their_reasons(shown, sett
 def test_dead_letters_that_do_not_arrive_in_time_are_an_outage_not_none(settings, tmp_path, monkeypatch):
     """The reader stops after DEAD_LETTERS_READ_SECONDS without a message (a busy broker's first
     fetch can take that long); when the topic holds letters, the page must not say "no dead
-    letters". The reader coming back empty is forced here; the topic and its offsets are real."""
-    from imgpipe import deadletters
+    letters". The read coming back empty is forced here; the topic and its offsets are real."""
+    from imgpipe import kafka
 
     dashboard_data.write_dead_letters(settings, [(f"{settings.s3_raw_prefix}a.jpg", "decode", "not an image")])
     client = client_for(settings, tmp_path)
     assert get_json(client, "/dead-letters")["stages"] == {"decode": 1}
-    monkeypatch.setattr(deadletters, "read_latest", lambda *args, **kwargs: [])
+    monkeypatch.setattr(kafka, "read_messages", lambda *args, **kwargs: [])
     response = client.get("/dead-letters", query_string={"format": "json"})
     assert response.status_code == 503
-    assert "did not arrive within 15 s; reload the page" in response.get_json()["message"]
+    assert "none of its latest 1 message(s) arrived within 15 s" in response.get_json()["message"]
 
 
 def test_no_dead_letter_topic_yet_is_a_message(settings, tmp_path):
