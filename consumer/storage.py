@@ -18,7 +18,7 @@ import time
 
 from imgpipe import s3
 from imgpipe.document import SourceObject
-from imgpipe.errors import DENIED, REJECTED, MessageError, UserError
+from imgpipe.errors import DENIED, REJECTED, MessageError, ObjectMissing, UserError
 from imgpipe.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ObjectStore:
     def _about_the_object(self, exc: s3.S3Error, bucket: str, key: str) -> MessageError | None:
         where = f"s3://{bucket}/{key}"
         if exc.missing_object:
-            return MessageError("fetch", f"object {where} does not exist")
+            return ObjectMissing("fetch", f"object {where} does not exist")
         if exc.missing_bucket:
             return MessageError("fetch", f"bucket {bucket!r} does not exist")
         if exc.code.startswith("KMS."):

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from imgpipe import kafka, s3
-from imgpipe.errors import InfrastructureError, MessageError
+from imgpipe.errors import InfrastructureError, MessageError, ObjectMissing
 from imgpipe.deadletters import Stage
 from imgpipe.events import DELETE
 from imgpipe.indexed import IndexedImage, parse_indexed
@@ -134,9 +134,9 @@ class Enricher:
         """The live lane first; the backfill's only when the live one has nothing."""
         wait = self.settings.consumer_batch_ms / 1000
         for lane in (LIVE, BACKFILL):
-            # A whole window, not kafka.poll_batch: an object's announcements that arrive together
-            # (an upload, then its deletion) are then read together and only the last is acted on.
-            # Read one by one, the upload's fetch finds the object gone and is dead-lettered.
+            # A whole window, not kafka.poll_batch: enrichment is not latency-bound, and a window
+            # makes fewer, larger partial updates, with an object's announcements that arrive
+            # together (an upload, then its deletion) reduced to the last.
             usable = kafka.without_errors(self._consumers[lane].consume(num_messages=self.batch_size, timeout=wait))
             if usable:
                 return lane, usable
@@ -201,19 +201,26 @@ class Enricher:
             item.outcome = exc
         return item
 
-    def _fetch(self, bucket: str, key: str) -> tuple[bytes, str]:
-        """The object's bytes and etag; a missing or unreadable object is this message's fault."""
+    def _fetch(self, bucket: str, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and etag, or None when it is gone; an unreadable object is this
+        message's fault."""
         try:
             data, source = self._store.fetch(bucket, key, self.settings.max_object_bytes)
+        except ObjectMissing:
+            return None
         except MessageError as exc:
             raise MessageError(Stage.ENRICH_FETCH, exc.reason) from None
         return data, source.etag
 
     def _enrich(self, announcement: IndexedImage):
-        """An Enrichment, or "stale" when the object changed since it was indexed (its newer
-        version's announcement follows). Runs on an I/O thread; the models run in the pool.
+        """An Enrichment; "stale" when the object changed since it was indexed (its newer version's
+        announcement follows), "gone" when it was deleted since (the deletion's announcement
+        follows, or reconcile finds it). Runs on an I/O thread; the models run in the pool.
         Both models read the original (enricher/work.py says why)."""
-        data, etag = self._fetch(announcement.bucket, announcement.key)
+        fetched = self._fetch(announcement.bucket, announcement.key)
+        if fetched is None:
+            return "gone"
+        data, etag = fetched
         if etag and announcement.etag and not same_etag(etag, announcement.etag):
             return "stale"
         output = self._pool.run(enrich_in_worker, self.models, data, self._limits)

@@ -35,6 +35,11 @@ class MessageError(Exception):
         return _rebuild, (type(self), self.args, self.__dict__)
 
 
+class ObjectMissing(MessageError):
+    """The object an event names is not in its bucket (deleted since, or never there). The core
+    consumer dead-letters it like any bad object; a later stage may know better (enricher/)."""
+
+
 class InfrastructureError(Exception):
     """A service the pipeline depends on is unreachable or failed; worth retrying."""
 

@@ -167,6 +167,18 @@ def test_the_writer_checks_the_document_it_adds_to(esettings):
     assert docs["newer"] == {"id": "newer", "etag": "e2"}
 
 
+def test_an_object_deleted_after_it_was_indexed_is_skipped_as_gone_not_dead_lettered(esettings):
+    """Its upload's announcement read apart from its deletion's: nothing to enrich, nothing to redrive."""
+    keys = upload(esettings, {"invoice.png": text_image()})
+    send(esettings, keys)
+    assert consume(esettings)["indexed"] == 1
+    s3.delete_keys(s3.client(esettings), esettings.s3_bucket, keys)
+    summary = enrich(esettings)
+    assert (summary["enriched"], summary["dead_lettered"], summary["skipped"]) == (0, 0, {"gone": 1}), \
+        json.dumps(summary)
+    assert "text" not in by_key(esettings)[keys[0]]
+
+
 def test_a_broken_image_is_a_dead_letter_with_a_reason_and_the_rest_is_enriched(esettings):
     keys = upload(esettings, {"invoice.png": text_image(), "broken.jpg": b"\xff\xd8\xff\xe0 not really a jpeg"})
     send(esettings, keys[:1])
