@@ -4,8 +4,8 @@ consumer runs as a user runs it, and every check counts documents, dead letters 
 from __future__ import annotations
 
 import hashlib
-import time
 import json
+import time
 import zlib
 
 import numpy as np
