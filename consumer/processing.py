@@ -31,7 +31,6 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -40,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from consumer import imageguard
 from consumer.descriptor import describe
 from consumer.options import ProcessingOptions  # noqa: F401  (its home before; callers import it here)
+from consumer.processed import ProcessedImage
 from imgpipe.errors import InfrastructureError, MessageError
 
 logger = logging.getLogger(__name__)
@@ -64,15 +64,6 @@ _JPEG_REDUCED = {
 # With IMREAD_UNCHANGED (needed to keep alpha and 16-bit samples) OpenCV leaves the EXIF
 # orientation to us for PNG and WebP, but its TIFF reader applies it itself.
 _ORIENTED_BY_US = {"png", "webp"}
-
-
-@dataclass(frozen=True)
-class ProcessedImage:
-    features: dict  # FEATURE_KEYS -> int/float/str (meanings in imgpipe.document.FIELDS)
-    thumbnail_jpeg: bytes
-    grayscale_jpeg: bytes
-    # The similarity descriptor (consumer/descriptor.py): DESCRIPTOR_DIMENSIONS floats, unit norm.
-    descriptor: tuple[float, ...] = ()
 
 
 def process_image(data: bytes, options: ProcessingOptions = ProcessingOptions()) -> ProcessedImage:

@@ -22,7 +22,7 @@ from consumer import processing
 from consumer.processing import (FEATURE_KEYS, ProcessedImage, ProcessingOptions, fit, hamming,
                                  process_image)
 from fixtures import images as samples
-from imgpipe.document import FIELDS
+from imgpipe.document import DESCRIPTOR_DIMENSIONS, FIELDS
 from imgpipe.errors import MessageError
 from imgpipe.settings import REPO_ROOT, Settings
 
@@ -355,16 +355,21 @@ def test_compressed_text_chunks_cannot_inflate_the_decoders_memory():
 
 
 def test_the_consumers_main_process_does_not_load_the_decoders():
-    # Only the workers decode: the main process builds its options without cv2, numpy or the codecs
-    # (part of the consumer's start-up, measured by bench's consumer_startup).
+    # Only the workers decode: the main process builds its options, and receives the workers'
+    # results, without cv2, numpy or the codecs (unpickling a result imports the module of its
+    # class: consumer/processed.py, not consumer/processing.py).
     import subprocess
     import sys
 
     script = ("import sys, consumer.loop, consumer.image_consumer\n"
-              "from consumer.options import ProcessingOptions\n"
+              "from consumer.workers import ProcessingPool\n"
               "from imgpipe.settings import Settings\n"
-              "ProcessingOptions.from_settings(Settings())\n"
-              "print(sorted(m for m in ('cv2', 'numpy', 'PIL', 'pillow_heif') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+              "pool = ProcessingPool(Settings(), 1)\n"
+              "image = pool.process(sys.stdin.buffer.read())\n"
+              "pool.close()\n"
+              "print(image.features['format'], image.features['width'], len(image.descriptor),\n"
+              "      sorted(m for m in ('cv2', 'numpy', 'PIL', 'pillow_heif') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, input=samples.png(samples.gradient_pattern(48, 32)),
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == f"png 48 {DESCRIPTOR_DIMENSIONS} []"
