@@ -53,6 +53,9 @@ BUSY_POLL_SECONDS = 0.02
 # How often MeiliSearch is asked whether a batch's task finished (a small GET; its tasks of a few
 # documents take 50-200 ms; every 25 ms cost more CPU for no latency measured).
 SETTLED_CHECK_SECONDS = 0.05
+# Under a backlog (more than half a batch of images polled and still running), how long a small
+# batch waits to grow (consumer/ledger.py says why).
+BACKLOG_BATCH_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -74,7 +77,9 @@ class ImageConsumerLoop:
     on_progress: Callable[[int], object] | None = None  # messages finished, for progress bars
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(self.settings.consumer_batch_size, self.settings.consumer_batch_ms / 1000)
+        self.ledger = Ledger(self.settings.consumer_batch_size, self.settings.consumer_batch_ms / 1000,
+                             backlog_running=self.settings.consumer_batch_size // 2,
+                             backlog_batch_seconds=BACKLOG_BATCH_SECONDS)
         self.limit = BATCHES_IN_FLIGHT * self.settings.consumer_batch_size
         self._futures: dict[Work, Future] = {}  # started, outcome not collected yet
         self._commit_failed: dict[tuple[str, int], int] = {}  # offsets whose commit failed: tried again
@@ -233,7 +238,7 @@ class ImageConsumerLoop:
         return self.indexer.settled(batch.task)
 
     def _send(self) -> None:
-        batch = self.ledger.take_batch()
+        batch = self.ledger.take_batch(time.monotonic())
         batch.task = self.indexer.submit(batch.documents, batch.deletion_ids)
 
     def _confirm(self, batch: Batch) -> None:

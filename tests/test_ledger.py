@@ -178,6 +178,30 @@ def test_a_batch_is_due_when_full_when_idle_or_when_its_oldest_waited_long_enoug
     assert book.batch_due(now=0.1, full=False, idle=False)  # a batch's worth
 
 
+def test_under_a_backlog_a_small_batch_waits_backlog_seconds_from_the_last_batch_not_from_its_poll():
+    # More than two running is a backlog; eight were polled at t=0. MeiliSearch costs ~40 ms of
+    # CPU per task: under a backlog the documents go in tasks of a second's worth, not one per turn.
+    book = Ledger(batch_size=100, batch_seconds=0.1, backlog_running=2, backlog_batch_seconds=1.0)
+    works = [add(book, 0, offset, f"img-{offset}") for offset in range(8)]
+    book.finish(works[0], Indexed(doc("img-0")))
+    assert book.backlog
+    assert book.batch_due(now=5.0, full=False, idle=False)  # the first batch goes at once
+    book.confirm(book.take_batch(now=5.0))
+    for work in works[1:4]:
+        book.finish(work, Indexed(doc(work.event.key)))
+    # Polled 5 s ago, but the last batch went 0.5 s ago: not yet (the trickle's rule would send it).
+    assert not book.batch_due(now=5.5, full=False, idle=False)
+    assert book.batch_due(now=6.0, full=False, idle=False)
+    assert book.batch_due(now=5.5, full=True, idle=False)  # no room to poll: at once, as always
+    assert len(book.take_batch(now=6.0).documents) == 3
+    # Two left running: no backlog, the trickle's window again, from the oldest document's poll.
+    for work in works[4:6]:
+        book.finish(work, Indexed(doc(work.event.key)))
+    assert not book.backlog
+    book.confirm(book.batches[0])
+    assert book.batch_due(now=6.0, full=False, idle=False)
+
+
 def test_with_a_batch_in_meilisearch_a_small_batch_waits_for_it_or_for_batch_seconds():
     book = ledger(batch_size=10)
     works = [add(book, 0, 0, "img-0")]
