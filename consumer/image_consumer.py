@@ -54,7 +54,8 @@ def build_parser():
         "python consumer/image_consumer.py --metrics-port 9464    # Prometheus metrics on 127.0.0.1:9464"])
     p.add_argument("--workers", type=int, help="processing worker processes (env CONSUMER_WORKERS; 0 = one per core)")
     p.add_argument("--batch-size", type=int, help="messages per batch at most (env CONSUMER_BATCH_SIZE)")
-    p.add_argument("--batch-ms", type=int, help="wait at most this long to fill a batch (env CONSUMER_BATCH_MS)")
+    p.add_argument("--batch-ms", type=int, help="a trickle's batch waits at most this long to fill; under a backlog "
+                   "batches collect for a second (env CONSUMER_BATCH_MS)")
     p.add_argument("--group", help="consumer group id (env KAFKA_CONSUMER_GROUP)")
     p.add_argument("--topic", help="topic to consume (env KAFKA_TOPIC)")
     p.add_argument("--index", help="MeiliSearch index (env MEILI_INDEX)")
