@@ -202,6 +202,27 @@ def test_under_a_backlog_a_small_batch_waits_backlog_seconds_from_the_last_batch
     assert book.batch_due(now=6.0, full=False, idle=False)
 
 
+def test_the_consumer_loop_keeps_backlog_batches_for_more_than_half_a_batch_running():
+    # The loop's ledger, as the consumer builds it: without the backlog rule wired in, a drain
+    # goes back to tasks of ~14 documents (nothing else would fail).
+    import threading
+
+    from consumer.loop import ImageConsumerLoop
+    from imgpipe.settings import Settings
+
+    book = ImageConsumerLoop(Settings(consumer_batch_size=10), None, None, None, None, None, None,
+                             threading.Event()).ledger
+    works = [add(book, 0, offset, f"img-{offset}") for offset in range(8)]
+    book.finish(works[0], Indexed(doc("img-0")))
+    book.confirm(book.take_batch(now=5.0))
+    book.finish(works[1], Indexed(doc("img-1")))
+    assert book.backlog  # 6 running, more than half of 10
+    assert not book.batch_due(now=5.5, full=False, idle=False)
+    assert book.batch_due(now=6.0, full=False, idle=False)
+    book.finish(works[2], Indexed(doc("img-2")))
+    assert not book.backlog  # 5 running
+
+
 def test_with_a_batch_in_meilisearch_a_small_batch_waits_for_it_or_for_batch_seconds():
     book = ledger(batch_size=10)
     works = [add(book, 0, 0, "img-0")]

@@ -369,7 +369,7 @@ def test_the_consumers_main_process_does_not_load_the_decoders():
               "pool.close()\n"
               "print(image.features['format'], image.features['width'], len(image.descriptor),\n"
               "      sorted(m for m in ('cv2', 'numpy', 'PIL', 'pillow_heif') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, input=samples.png(samples.gradient_pattern(48, 32)),
-                          capture_output=True, timeout=120)
+    image = samples.png(samples.gradient_pattern(48, 32))
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, input=image, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == f"png 48 {DESCRIPTOR_DIMENSIONS} []"
