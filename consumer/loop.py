@@ -207,6 +207,7 @@ class ImageConsumerLoop:
                 continue
             del self._futures[work]
             self.ledger.finish(work, self._outcome(work, future))
+            self.stats.image_finished()
 
     @staticmethod
     def _outcome(work: Work, future: Future) -> Outcome:

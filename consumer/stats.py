@@ -56,6 +56,10 @@ class Stats:
     # without start-up (index, topics, group join) or the idle tail before --max-idle-seconds.
     first_message_at: float | None = None
     last_committed_at: float | None = None
+    # Monotonic time the first image came back from the pools (fetched, processed and its derived
+    # images written, or dead-lettered there): the end of start-up as a user sees it, worker
+    # start included (bench's consumer_startup).
+    first_processed_at: float | None = None
     # CPU seconds of the whole process (all threads) at those two moments.
     first_message_cpu: float | None = None
     last_committed_cpu: float | None = None
@@ -92,6 +96,10 @@ class Stats:
             self.first_message_at = time.monotonic()
             self.first_message_cpu = time.process_time()
         self.consumed += 1
+
+    def image_finished(self) -> None:
+        if self.first_processed_at is None:
+            self.first_processed_at = time.monotonic()
 
     def batch_confirmed(self, documents: list[dict], dead_lettered: int, deleted: int = 0) -> list[float]:
         """Count a batch MeiliSearch confirmed; returns the produce -> searchable latency of its
@@ -133,7 +141,8 @@ class Stats:
                 "peak_rss_mb": round(peak_rss_mb(), 1), "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
                 "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
                 # CLOCK_MONOTONIC is the machine's: another process can place the busy span in time.
-                "first_message_monotonic": self.first_message_at, "last_committed_monotonic": self.last_committed_at,
+                "first_message_monotonic": self.first_message_at, "first_processed_monotonic": self.first_processed_at,
+                "last_committed_monotonic": self.last_committed_at,
                 "dead_letters_minimal": self.dead_letters_minimal, "dead_letters_refused": self.dead_letters_refused}
 
 

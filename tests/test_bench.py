@@ -165,6 +165,18 @@ def test_targets_and_verdicts_are_next_to_their_figures(quick):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_consumer_startup_ends_at_the_first_image_processed_not_at_the_first_message(quick):
+    # The definition: process start -> first image processed (worker start included).
+    _, results, _ = quick
+    startup = {f["name"]: f for f in results}["consumer_startup"]
+    runs, first_messages = startup["detail"]["runs"], startup["detail"]["first_message_runs"]
+    assert len(runs) == len(first_messages) == 2
+    assert all(0 < message < processed for message, processed in zip(first_messages, runs)), startup
+    assert startup["value"] == pytest.approx(min(runs), abs=0.01)  # results.json rounds to 3 digits
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_every_image_is_accounted_for_and_the_pipeline_rejects_what_processing_rejects(quick):
     _, results, _ = quick
     by_name = {f["name"]: f for f in results}

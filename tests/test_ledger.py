@@ -223,6 +223,31 @@ def test_the_consumer_loop_keeps_backlog_batches_for_more_than_half_a_batch_runn
     assert not book.backlog  # 5 running
 
 
+def test_the_consumer_loop_notes_when_its_first_image_came_back_from_the_pools():
+    # bench's consumer_startup ends there (process start -> first image processed).
+    import threading
+    from concurrent.futures import Future
+
+    from consumer.loop import ImageConsumerLoop
+    from imgpipe.settings import Settings
+
+    loop = ImageConsumerLoop(Settings(consumer_batch_size=10), None, None, None, None, None, None,
+                             threading.Event())
+    works = [add(loop.ledger, 0, offset, f"img-{offset}") for offset in range(3)]
+    futures = {work: Future() for work in works}
+    loop._futures.update(futures)
+    loop._collect()
+    assert loop.stats.first_processed_at is None  # polled, still running
+    futures[works[1]].set_result(Indexed(doc("img-1")))
+    loop._collect()
+    first = loop.stats.first_processed_at
+    assert first is not None and loop.ledger.done_count == 1
+    futures[works[0]].set_result(Indexed(doc("img-0")))
+    loop._collect()
+    assert loop.stats.first_processed_at == first and loop.ledger.done_count == 2
+    assert loop.stats.as_dict()["first_processed_monotonic"] == first
+
+
 def test_with_a_batch_in_meilisearch_a_small_batch_waits_for_it_or_for_batch_seconds():
     book = ledger(batch_size=10)
     works = [add(book, 0, 0, "img-0")]
