@@ -80,3 +80,14 @@ def test_services_bind_to_loopback_only(stack):
         listening = [c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == "LISTEN"]
         assert listening, f"{service.name} listens nowhere"
         assert set(listening) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, f"{service.name} listens on {listening}"
+
+
+def test_the_local_broker_runs_without_the_c2_compiler(stack):
+    # stack/services.py's LOCAL_JVM_JIT: C2 cost the broker twice the CPU over a short session.
+    import psutil
+
+    from stack.services import Kafka
+
+    pid = Kafka(stack).pid()
+    assert pid is not None, "the stack fixture starts Kafka, so its pid is known"
+    assert "-XX:TieredStopAtLevel=1" in psutil.Process(pid).cmdline()
