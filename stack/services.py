@@ -6,6 +6,7 @@ whose setting points somewhere other than this machine (a real cluster, real AWS
 """
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -208,6 +209,17 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
 LOCAL_JVM_JIT = ("-XX:TieredStopAtLevel=1",)
 
 
+def new_kafka_cluster_id() -> str:
+    """A Kafka cluster id: a base64url UUID (16 random bytes, 22 characters).
+
+    Like Kafka's own Uuid.randomUuid(), it never starts with "-": kafka-storage's argparse reads
+    "-t -abc..." as a missing value and an unknown option, so one id in 64 failed the format."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     name = "kafka"
     start_timeout = 90.0
@@ -298,13 +310,12 @@ class Kafka(Service):
             return
         cluster_id_file = self.dir / "cluster-id"
         if not cluster_id_file.is_file():
-            # A Kafka cluster id is a base64url UUID: 16 random bytes, 22 characters.
-            import base64
-
-            cluster_id_file.write_text(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))
+            cluster_id_file.write_text(new_kafka_cluster_id())
+        # "--cluster-id=ID", not "-t ID": an id kept from before this rule may start with "-",
+        # which argparse would read as an option.
         _run([self.java(), "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={STACK_DIR / 'kafka' / 'log4j2.yaml'}",
               "kafka.tools.StorageTool", "format", "--ignore-formatted", "--standalone",
-              "-t", cluster_id_file.read_text().strip(), "-c", str(config)], "formatting Kafka storage")
+              f"--cluster-id={cluster_id_file.read_text().strip()}", "-c", str(config)], "formatting Kafka storage")
 
     def command(self) -> list[str]:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -193,12 +193,15 @@ chmod 0600 $ETC/meilisearch.env
 step "kafka storage"
 install -d -o kafka -g kafka -m 0750 /var/lib/kafka
 if [ ! -s /var/lib/kafka/cluster-id ]; then
-  # A Kafka cluster id: 16 random bytes, base64url without padding.
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' > /var/lib/kafka/cluster-id
+  # A Kafka cluster id: 16 random bytes, base64url without padding, not starting with "-"
+  # (as Kafka's own ids never do).
+  until [ -s /var/lib/kafka/cluster-id ] && [ "$(head -c 1 /var/lib/kafka/cluster-id)" != "-" ]; do
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' > /var/lib/kafka/cluster-id
+  done
   chown kafka:kafka /var/lib/kafka/cluster-id
 fi
 runuser -u kafka -- java -cp "$OPT/kafka/libs/*" -Dlog4j2.configurationFile="$SRC/stack/kafka/log4j2.yaml" \
-  kafka.tools.StorageTool format --ignore-formatted --standalone -t "$(cat /var/lib/kafka/cluster-id)" \
+  kafka.tools.StorageTool format --ignore-formatted --standalone --cluster-id="$(cat /var/lib/kafka/cluster-id)" \
   -c $ETC/kafka/server.properties
 
 step "imgpipe-run"
