@@ -220,7 +220,7 @@ class Bench:
         from bench.pipeline import seed_design_run, throughput_run
         from demo.corpus import upload_corpus
 
-        photos = [(key, data) for key, data in self.items if bench_corpus.kind(key) == "photo"]
+        photos = bench_corpus.seed_comparison_photos(self.config.corpus, self.items)
         prefix = self.names.photos_prefix
         step(f"seed_design vs pipeline (2 workers): {len(photos)} photo-like JPEGs, twice each, alternating, "
              "timed from process start")

@@ -214,8 +214,14 @@ class Ledger:
             waited, window = now - self._last_batch_at, self.backlog_batch_seconds
         else:
             waited, window = now - self._done[0].started, self.batch_seconds
-        return (len(self._done) >= self.batch_size or full
-                or (not self._batches and ((idle and not self._running) or waited >= window)))
+        # No room to poll (`full`) needs a commit, so a batch, at once: unless MeiliSearch has a
+        # batch of ours (the loop waits for it, and its commit makes the room), or under a backlog,
+        # where the workers have plenty queued and a poll can wait for the backlog window. Sending
+        # at once there made a 1,000-photo drain a cycle of send ~10 documents, confirm, commit,
+        # poll ~10, full again: 30 tasks of 4-30 documents before the backlog rule ever applied.
+        room_needed = full and not self.backlog
+        return (len(self._done) >= self.batch_size
+                or (not self._batches and (room_needed or (idle and not self._running) or waited >= window)))
 
     def take_batch(self, now: float = 0.0) -> Batch:
         """Everything done since the last batch, as the next batch sent (the caller submits it)."""

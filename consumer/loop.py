@@ -126,7 +126,10 @@ class ImageConsumerLoop:
         with CONSUMER_BATCH_MS per turn, a trickle paid several turns of latency per image."""
         room = self.limit - self.ledger.in_flight
         if room <= 0:
-            return []  # full: _advance() waits for what runs
+            # Full: _advance() waits for what runs, or the ledger holds a backlog's batch for its
+            # window; a short wait here keeps the loop from spinning meanwhile.
+            self.stop.wait(BUSY_POLL_SECONDS)
+            return []
         busy = bool(self._futures or self.ledger.batches or self.ledger.done_count)
         wait = BUSY_POLL_SECONDS if busy else self.settings.consumer_batch_ms / 1000
         return kafka.poll_batch(self.consumer, min(self.settings.consumer_batch_size, room), wait)

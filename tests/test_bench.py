@@ -258,3 +258,18 @@ def test_the_formats_corpus_report_counts_each_file_by_what_decodes_it_and_what_
             totals["pillow_only_indexed"], totals["lost"]) == (2, 1, 1, 1, 0)
     del verdicts[str(paths[3])], dead["d.jp2"]
     assert report(paths[:3], corpus, verdicts, documents, dead, summary, None) == 0
+
+
+def test_the_seed_comparison_runs_on_the_corpus_photos_and_more_of_their_kind_each_distinct():
+    from bench import corpus as bench_corpus
+
+    spec = bench_corpus.CorpusSpec(photos=3, photo_size=(64, 48), small=1, demo_count=0, seed_comparison_photos=7)
+    items = [("0001-photo-a.jpg", b"a"), ("0002-small-b.jpg", b"b"), ("0003-photo-c.jpg", b"c")]
+    photos = bench_corpus.seed_comparison_photos(spec, items)
+
+    assert len(photos) == 7
+    assert photos[:2] == [("0001-photo-a.jpg", b"a"), ("0003-photo-c.jpg", b"c")]  # the corpus's own, not its small
+    assert all(bench_corpus.kind(key) == "photo" for key, _ in photos)
+    assert len({key for key, _ in photos}) == 7 and len({data for _, data in photos}) == 7
+    assert all(data[:2] == b"\xff\xd8" for _, data in photos[2:])  # JPEGs
+    assert bench_corpus.FULL.seed_comparison_photos == 1000  # the count #24 measured with

@@ -192,7 +192,8 @@ def test_under_a_backlog_a_small_batch_waits_backlog_seconds_from_the_last_batch
     # Polled 5 s ago, but the last batch went 0.5 s ago: not yet (the trickle's rule would send it).
     assert not book.batch_due(now=5.5, full=False, idle=False)
     assert book.batch_due(now=6.0, full=False, idle=False)
-    assert book.batch_due(now=5.5, full=True, idle=False)  # no room to poll: at once, as always
+    # No room to poll either: the workers have a backlog queued, the room can wait for the window.
+    assert not book.batch_due(now=5.5, full=True, idle=False)
     assert len(book.take_batch(now=6.0).documents) == 3
     # Two left running: no backlog, the trickle's window again, from the oldest document's poll.
     for work in works[4:6]:
@@ -260,7 +261,34 @@ def test_with_a_batch_in_meilisearch_a_small_batch_waits_for_it_or_for_batch_sec
     # A trickle does not pile up one task per image behind the first one...
     assert not book.batch_due(now=0.0, full=False, idle=True)
     assert not book.batch_due(now=0.6, full=False, idle=True)
-    # ... it goes once MeiliSearch has confirmed the batch before it, or when there is no room.
-    assert book.batch_due(now=0.0, full=True, idle=False)
+    # ... nor when there is no room to poll: the loop waits for the batch in MeiliSearch (its
+    # commit makes the room) while more finish, instead of sending a small task per turn.
+    assert not book.batch_due(now=0.0, full=True, idle=False)
     book.confirm(first)
     assert book.batch_due(now=0.0, full=False, idle=True)
+    assert book.batch_due(now=0.0, full=True, idle=False)  # nothing of ours in MeiliSearch: at once
+
+
+def test_a_full_consumer_loop_waits_a_moment_instead_of_polling_or_spinning():
+    # Under a backlog a full loop may hold its batch for the backlog window: meanwhile each turn
+    # must wait (not spin on an empty poll), and must not poll Kafka (there is no room).
+    import threading
+
+    from consumer.loop import BUSY_POLL_SECONDS, ImageConsumerLoop
+    from imgpipe.settings import Settings
+
+    class RecordingStop(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.waits = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            return False
+
+    stop = RecordingStop()
+    loop = ImageConsumerLoop(Settings(consumer_batch_size=2), None, None, None, None, None, None, stop)
+    for offset in range(loop.limit):
+        add(loop.ledger, 0, offset, f"img-{offset}")
+    assert loop._poll() == []  # the consumer is None: polling it would raise
+    assert stop.waits == [BUSY_POLL_SECONDS]
