@@ -72,35 +72,39 @@ def budget_busters() -> list[Item]:
             ("awkward/budget-heavy-90mp.png", encode(flat, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 9]))]
 
 
-def _photo(spec: CorpusSpec, i: int) -> Item:
+def _photos(spec: CorpusSpec, numbers: range, pool: ThreadPoolExecutor) -> list[Item]:
+    """Photo-like JPEGs of spec.photo_size, photo i always the same bytes (its own seed)."""
     from fixtures.images import photo_like_jpeg
 
     width, height = spec.photo_size
-    return f"photo/photo-{width}x{height}-{spec.seed}-{i}.jpg", photo_like_jpeg(spec.seed * 100_003 + i, width, height, 90)
+    return [(f"photo/photo-{width}x{height}-{spec.seed}-{i}.jpg", data) for i, data in zip(
+        numbers, pool.map(lambda i: photo_like_jpeg(spec.seed * 100_003 + i, width, height, 90), numbers))]
+
+
+def _numbered(i: int, key: str) -> str:
+    """A corpus key: its number first, then the kind (see kind()), flat."""
+    return f"{i:04d}-{key.replace('/', '-')}"
 
 
 def build(spec: CorpusSpec, threads: int = 2) -> list[Item]:
     """(key, bytes) of the whole corpus, the same bytes for the same spec."""
     # OpenCV and numpy release the GIL while drawing and encoding: two threads halve the wait.
     with ThreadPoolExecutor(threads) as pool:
-        items = list(pool.map(lambda i: _photo(spec, i), range(spec.photos)))
+        items = _photos(spec, range(spec.photos), pool)
         items += list(pool.map(lambda i: _small_item(spec.seed, i), range(spec.small)))
     items += [(f"faces/{key.rsplit('/', 1)[-1]}", data) for key, data in face_photos(spec.demo_count, spec.seed)]
     items += awkward_items()
     random.Random(spec.seed).shuffle(items)
-    return [(f"{i:04d}-{key.replace('/', '-')}", data) for i, (key, data) in enumerate(items)]
+    return [(_numbered(i, key), data) for i, (key, data) in enumerate(items)]
 
 
 def seed_comparison_photos(spec: CorpusSpec, corpus: list[Item], threads: int = 2) -> list[Item]:
-    """The corpus's photos and, up to spec.seed_comparison_photos, more made the same way (each
-    with its own seed, so no two share bytes)."""
+    """The corpus's photos and, up to spec.seed_comparison_photos, more made the same way, with
+    the numbers after the corpus's own (0 .. spec.photos - 1), so no two share bytes."""
     photos = [(key, data) for key, data in corpus if kind(key) == "photo"]
-    # Seeds after the corpus's own photos' (0 .. spec.photos - 1).
-    extra = range(spec.photos, spec.photos + max(0, spec.seed_comparison_photos - len(photos)))
+    more = range(spec.photos, spec.photos + max(0, spec.seed_comparison_photos - len(photos)))
     with ThreadPoolExecutor(threads) as pool:
-        photos += [(f"{i:04d}-{key.replace('/', '-')}", data) for i, (key, data) in zip(
-            extra, pool.map(lambda i: _photo(spec, i), extra))]
-    return photos
+        return photos + [(_numbered(i, key), data) for i, (key, data) in zip(more, _photos(spec, more, pool))]
 
 
 def kind(key: str) -> str:
