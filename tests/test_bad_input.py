@@ -4,11 +4,14 @@ its memory stays bounded (bombs are rejected from their header, never decoded)."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
 from fixtures.images import awkward_samples
-from tests.helpers import all_documents, read_topic, run_script, upload
+from tests.helpers import REPO_ROOT, all_documents, read_topic, run_script, script_env, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,3 +72,28 @@ def test_consumer_only_reads_allowed_buckets(settings):
     assert len(dead) == 1
     headers = {k: v.decode() for k, v in dead[0].headers()}
     assert headers["stage"] == "validate" and "not in the allowed buckets" in headers["reason"]
+
+
+def test_a_missing_output_bucket_exits_2_naming_it_and_stops_the_workers_it_started(settings):
+    """The processing pool starts before the start-up checks (its workers load OpenCV meanwhile);
+    a check that fails must stop them, not leave them running or keep the consumer from exiting."""
+    import psutil
+
+    missing = settings.with_overrides(s3_bucket=f"no-such-bucket-{settings.meili_index.replace('_', '-')}")
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "consumer/image_consumer.py"), "--no-progress"],
+                            env=script_env(missing), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    workers: set[psutil.Process] = set()
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            workers.update(parent.children(recursive=True))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert f"bucket '{missing.s3_bucket}' (S3_BUCKET) does not exist" in stderr and "Traceback" not in stderr
+    assert workers, "the consumer started no worker before its checks"
+    _, alive = psutil.wait_procs(list(workers), timeout=10)
+    assert not alive, f"worker processes left running: {[p.pid for p in alive]}"
