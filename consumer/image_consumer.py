@@ -105,8 +105,6 @@ def consume(settings: Settings, workers: int, stop: threading.Event, metrics, ma
     # about half a second of CPU each) while this process checks the topics, the bucket and the
     # index and joins its group, instead of after (the first image waited for them).
     processing = ProcessingPool(settings, workers)
-    producer = consumer = None
-    stats = Stats()
     try:
         kafka.ensure_topics(settings, [topic for topic in (settings.kafka_topic, settings.kafka_dead_letter_topic,
                                                            settings.kafka_indexed_topic) if topic])
@@ -120,28 +118,29 @@ def consume(settings: Settings, workers: int, stop: threading.Event, metrics, ma
         producer = kafka.producer(settings, **{"linger.ms": 5})  # dead letters and announcements
         dead_letters = DeadLetterWriter(settings, stop, producer)
         consumer = kafka.consumer(settings, **{"max.poll.interval.ms": 900_000})
-        if metrics is not None:
-            retry.retry_observers.append(metrics.retried)
+    except BaseException:  # a failed check (a missing bucket, say): nothing to finish, stop the workers now
+        processing.close(wait=False)
+        raise
+    stats = Stats()
+    if metrics is not None:
+        retry.retry_observers.append(metrics.retried)
+    try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image") as pool:
             loop = ImageConsumerLoop(settings, consumer, pool, ImageHandler(settings, store, processing), indexer,
                                      dead_letters, IndexedAnnouncer(settings, stop, producer), stop, stats=stats,
                                      metrics=metrics, max_idle_seconds=max_idle_seconds,
                                      status_interval=status_interval, on_progress=on_progress)
-            stats = loop.run()
-            stats.dead_letters_minimal = dead_letters.counts.minimal
-            stats.dead_letters_refused = dead_letters.counts.refused
-            return stats
+            return loop.run()
     finally:
-        # A start-up that failed (a missing bucket, say) stops the workers at once.
-        processing.close(wait=consumer is not None and not stop.is_set())
-        if producer is not None:
-            producer.flush(10)
-        if consumer is not None:
-            consumer.close()  # leaves the group at once, so partitions move without waiting
+        processing.close(wait=not stop.is_set())
+        producer.flush(10)
+        consumer.close()  # leaves the group at once, so partitions move without waiting
         if metrics is not None and metrics.retried in retry.retry_observers:
             retry.retry_observers.remove(metrics.retried)
         stats.worker_peak_rss_mb = processing.peak_worker_rss_mb
         stats.worker_cpu_seconds = processing.cpu_seconds
+        stats.dead_letters_minimal = dead_letters.counts.minimal
+        stats.dead_letters_refused = dead_letters.counts.refused
 
 
 def main(argv: list[str] | None = None) -> int:
