@@ -82,6 +82,20 @@ def loaded_images(driver, selector: str) -> list[tuple[str, int]]:
         f"return [...document.querySelectorAll({selector!r})].map(i => [i.getAttribute('src'), i.naturalWidth])")]
 
 
+def click_and_wait(driver, element) -> None:
+    """Click what navigates, then wait until the next page replaced this one and finished loading.
+    A form's submission is scheduled, not done, when the click returns: reading the grid right
+    after it once read the old page's 24 thumbnails, all loaded, instead of the results."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 20).until(staleness_of(page))
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def assert_no_key(driver, settings) -> None:
     source = driver.page_source
     assert not [s for s in dashboard_data.keys_of(settings) if s in source], driver.current_url
@@ -102,7 +116,7 @@ def test_a_search_shows_its_thumbnails_and_opens_an_image(dashboard, browser, se
     box.send_keys("photo")
     Select(browser.find_element(By.NAME, "image_format")).select_by_visible_text("jpeg")
     Select(browser.find_element(By.NAME, "sort")).select_by_visible_text("timestamp:asc")
-    browser.find_element(By.CSS_SELECTOR, "form.search button").click()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "form.search button"))
     jpegs = [d for d in data.docs if d["format"] == "jpeg" and d["file_name"].startswith("photo")]
     images = loaded_images(browser, "#grid img")
     assert [src for src, _ in images] == [f"/image/{d['id']}/thumbnail.jpg" for d in jpegs]
@@ -114,7 +128,7 @@ def test_a_search_shows_its_thumbnails_and_opens_an_image(dashboard, browser, se
     assert_no_key(browser, settings)
 
     first = jpegs[0]
-    browser.find_element(By.CSS_SELECTOR, "#grid .card a.name").click()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#grid .card a.name"))
     assert browser.current_url == f"{base}/image/{first['id']}"
     assert browser.find_element(By.ID, "file-name").text == first["file_name"]
     pictures = dict(loaded_images(browser, ".pictures img"))
