@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fixtures.images import encode, gradient_pattern
@@ -30,6 +31,13 @@ def run_script(script: str, args: list[str], settings: Settings, timeout: float 
     """Run one of the project's scripts as a user would, with these settings in its environment."""
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], env=script_env(settings, **extra_env),
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def produce(settings: Settings, keys: Sequence[str] = ()) -> None:
+    """The producer's events for the settings' bucket: every object it lists, or just `keys`."""
+    result = run_script("producer/image_producer.py",
+                        ["--no-progress", *(arg for key in keys for arg in ("--key", key))], settings)
+    assert result.returncode == 0, result.stderr
 
 
 def start_script(script: str, args: list[str], settings: Settings, log_path: Path, **extra_env: str) -> subprocess.Popen:

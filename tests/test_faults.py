@@ -13,8 +13,8 @@ import pytest
 
 from imgpipe import kafka, meili
 from stack.services import Kafka, MeiliSearch, S3
-from tests.helpers import (all_documents, encode, read_topic, run_script, gradient_pattern, start_script, upload,
-                           wait_for)
+from tests.helpers import (all_documents, encode, gradient_pattern, produce, read_topic, run_script, start_script,
+                           upload, wait_for)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,11 +38,6 @@ def document_count(settings) -> int:
         return meili.document_count(settings, settings.meili_index)
     except meili.MeiliError:  # index not created yet, or MeiliSearch down
         return 0
-
-
-def produce_all(settings) -> None:
-    result = run_script("producer/image_producer.py", ["--no-progress"], settings)
-    assert result.returncode == 0, result.stderr
 
 
 def assert_exactly(settings, keys: list[str]) -> None:
@@ -69,7 +64,7 @@ def finish(proc, log_path, timeout: float = 180) -> str:
 
 def test_kill_9_mid_batch_then_restart_indexes_exactly_m(settings, tmp_path):
     keys = put_images(settings, 64)
-    produce_all(settings)
+    produce(settings)
     log = tmp_path / "consumer.log"
     proc = start_script("consumer/image_consumer.py", SLOW, settings, log)
     wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
@@ -85,7 +80,7 @@ def test_kill_9_mid_batch_then_restart_indexes_exactly_m(settings, tmp_path):
 def test_meilisearch_down_for_15_seconds_loses_nothing_and_dead_letters_nothing(stack, settings, tmp_path):
     meili = managed(MeiliSearch(stack), "stops")
     keys = put_images(settings, 40)
-    produce_all(settings)
+    produce(settings)
     proc, log, summary = start_and_wait_for_the_first_batches(settings, tmp_path, "8")
     try:
         meili.stop()
@@ -127,7 +122,7 @@ def committed_total(settings) -> int:
 def test_s3_down_for_a_while_is_retried_and_nothing_is_committed_past_it(stack, settings, tmp_path):
     server = managed(S3(stack), "stops")
     keys = put_images(settings, 40)
-    produce_all(settings)
+    produce(settings)
     proc, log, summary = start_and_wait_for_the_first_batches(settings, tmp_path, "8")
     try:
         server.stop()  # the objects are files: they are all there when it comes back
@@ -146,7 +141,7 @@ def test_s3_down_for_a_while_is_retried_and_nothing_is_committed_past_it(stack, 
 
 def test_sigterm_finishes_the_batch_in_flight_and_a_restart_reprocesses_nothing(settings, tmp_path):
     keys = put_images(settings, 64)
-    produce_all(settings)
+    produce(settings)
     log, first = tmp_path / "consumer.log", tmp_path / "first.json"
     proc = start_script("consumer/image_consumer.py", SLOW + ["--summary-json", str(first)], settings, log)
     wait_for(lambda: document_count(settings) >= 8, 120, "the first batches", interval=0.1)
@@ -167,7 +162,7 @@ def test_sigterm_finishes_the_batch_in_flight_and_a_restart_reprocesses_nothing(
 
 def test_two_consumers_one_killed_the_survivor_completes_the_index(settings, tmp_path):
     keys = put_images(settings, 60)
-    produce_all(settings)
+    produce(settings)
     # A short session timeout so the group notices the dead member in seconds, not 45 s.
     fast_group = settings.with_overrides(kafka_client_config={"session.timeout.ms": "6000",
                                                               "heartbeat.interval.ms": "1000"})
@@ -197,7 +192,7 @@ def test_broker_killed_and_restarted_during_a_drain_every_message_is_committed_w
         stack, settings, tmp_path):
     broker = managed(Kafka(stack), "kills")
     keys = put_images(settings, 60)
-    produce_all(settings)
+    produce(settings)
     proc, log, _ = start_and_wait_for_the_first_batches(settings, tmp_path, "5")
     try:
         pid = broker.pid()

@@ -17,7 +17,7 @@ import pytest
 
 from imgpipe import kafka, meili
 from stack.services import Kafka
-from tests.helpers import all_documents, encode, gradient_pattern, run_script, start_script, upload, wait_for
+from tests.helpers import all_documents, encode, gradient_pattern, produce, start_script, upload, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,12 +120,6 @@ def test_three_hosts_in_one_group_over_sasl_one_killed_every_image_indexed_once(
     # including its uncommitted partitions: the group moved them over.
     survivors = [json.loads((tmp_path / f"host{i}.json").read_text()) for i in (0, 2)]
     assert sum(s["indexed"] for s in survivors) >= IMAGES - indexed_before_the_kill
-
-
-def produce(settings, keys: list[str]) -> None:
-    produced = run_script("producer/image_producer.py",
-                          ["--no-progress", *(arg for key in keys for arg in ("--key", key))], settings)
-    assert produced.returncode == 0, produced.stderr
 
 
 def _client_errors(settings, seconds: float = 8.0) -> list[tuple[str, str]]:
